@@ -1,0 +1,117 @@
+// Shared pieces of the binding: per-env state, JS errors from C++ errors,
+// argument readers, and the wrapped native handles (type-tagged so a foreign
+// object is never unwrapped as one of ours).
+#pragma once
+
+#include <napi.h>
+
+#include <functional>
+#include <memory>
+#include <string>
+
+#include "pagedllm/device.h"
+#include "pagedllm/memory_resource.h"
+#include "pagedllm/stream.h"
+
+namespace pagedllm::addon {
+
+// ---- promises resolved from native threads ------------------------------------
+
+// A promise settled on the JS thread once queued work reaches it. `resolve`
+// builds the value; `keep` holds JS objects alive (e.g. a destination buffer)
+// until then; a failure recorded on `stream` rejects instead.
+struct Completion {
+  explicit Completion(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
+  Napi::Promise::Deferred deferred;
+  std::shared_ptr<Stream> stream;
+  std::function<Napi::Value(Napi::Env)> resolve;
+  Napi::ObjectReference keep;
+};
+
+void settle_completion(Napi::Env env, Napi::Function, void*, Completion* completion);
+using CompletionQueue = Napi::TypedThreadSafeFunction<void, Completion, settle_completion>;
+
+struct AddonData {
+  Napi::FunctionReference error_factory;  // (code, message) => PagedLLMError, from lib/errors.ts
+  Napi::FunctionReference buffer_class, stream_class, event_class;
+  CompletionQueue completions;  // referenced only while completions are pending
+  int pending = 0;
+};
+
+AddonData& addon_data(Napi::Env env);
+
+// Returns the promise; `post` receives a thread-safe callable to run from a
+// native thread when the work is done.
+Napi::Promise begin_completion(Napi::Env env, Completion* completion, std::function<void(std::function<void()>)> post);
+
+// ---- errors ----------------------------------------------------------------------
+
+Napi::Error make_error(Napi::Env env, const std::string& code, const std::string& message);
+// Converts the exception being handled (pagedllm::Error, Napi::Error, bad_alloc, ...) to a JS error.
+Napi::Error current_exception_to_js(Napi::Env env);
+Napi::Error exception_to_js(Napi::Env env, std::exception_ptr error);
+
+// Every exported function goes through Guard: no C++ exception escapes to
+// node-addon-api (which would terminate the process on non-Napi exceptions).
+template <Napi::Value (*F)(const Napi::CallbackInfo&)>
+Napi::Value Guard(const Napi::CallbackInfo& info) {
+  try {
+    return F(info);
+  } catch (...) {
+    throw current_exception_to_js(info.Env());
+  }
+}
+
+// ---- arguments ---------------------------------------------------------------------
+
+int64_t arg_int(const Napi::CallbackInfo& info, size_t i, const char* name);
+double arg_number(const Napi::CallbackInfo& info, size_t i, const char* name);
+Device arg_device(const Napi::CallbackInfo& info, size_t kind_index);
+
+// ---- handles --------------------------------------------------------------------------
+
+class NativeStream : public Napi::ObjectWrap<NativeStream> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  static Napi::Object Wrap(Napi::Env env, std::shared_ptr<Stream> stream);
+  static NativeStream& From(const Napi::CallbackInfo& info, size_t i);
+  explicit NativeStream(const Napi::CallbackInfo& info);
+  std::shared_ptr<Stream> stream;
+};
+
+class NativeEvent : public Napi::ObjectWrap<NativeEvent> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  static Napi::Object Wrap(Napi::Env env, std::shared_ptr<Event> event);
+  static NativeEvent& From(const Napi::CallbackInfo& info, size_t i);
+  explicit NativeEvent(const Napi::CallbackInfo& info);
+  std::shared_ptr<Event> event;
+};
+
+// Device memory owned by JS. Freed (stream-ordered, on its allocation stream)
+// by free() or, as a last resort, by the garbage collector.
+class NativeBuffer : public Napi::ObjectWrap<NativeBuffer> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  static Napi::Object Allocate(Napi::Env env, std::shared_ptr<Stream> stream, size_t bytes);
+  // Throws ERR_DISPOSED if freed, ERR_INVALID_ARGUMENT if [offset, offset+extent) is outside.
+  static NativeBuffer& From(const Napi::CallbackInfo& info, size_t i, size_t offset, size_t extent);
+  explicit NativeBuffer(const Napi::CallbackInfo& info);
+  void Finalize(Napi::Env env) override;
+  void Free(Napi::Env env);
+
+  char* data() const { return static_cast<char*>(ptr); }
+  std::shared_ptr<Stream> stream;
+  MemoryResource* resource = nullptr;
+  void* ptr = nullptr;
+  size_t bytes = 0;
+  bool freed = false;
+};
+
+// ---- exports of each module ------------------------------------------------------------
+
+void init_devices(Napi::Env env, Napi::Object exports);
+void init_streams(Napi::Env env, Napi::Object exports);
+void init_tensor_ops(Napi::Env env, Napi::Object exports);
+
+}  // namespace pagedllm::addon

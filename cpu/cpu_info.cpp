@@ -1,0 +1,112 @@
+// What devices() reports about the host CPU: cores, memory and the SIMD
+// features this process may use (CPUID bits *and* OS support via XGETBV, so a
+// feature the kernel does not save/restore is not reported).
+#include <unistd.h>
+
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+#include <thread>
+
+#include "pagedllm/device.h"
+
+#if defined(__x86_64__) || defined(__i386__)
+#include <cpuid.h>
+#endif
+
+namespace pagedllm {
+namespace {
+
+#if defined(__x86_64__) || defined(__i386__)
+uint64_t xgetbv0() {
+  uint32_t eax, edx;
+  __asm__ volatile("xgetbv" : "=a"(eax), "=d"(edx) : "c"(0));
+  return (static_cast<uint64_t>(edx) << 32) | eax;
+}
+
+std::vector<std::string> x86_features() {
+  std::vector<std::string> out;
+  unsigned a, b, c, d;
+  if (!__get_cpuid(1, &a, &b, &c, &d)) return out;
+  const bool osxsave = c & (1u << 27);
+  const uint64_t xcr0 = osxsave ? xgetbv0() : 0;
+  const bool os_avx = (xcr0 & 0x6) == 0x6;            // XMM and YMM state
+  const bool os_avx512 = os_avx && (xcr0 & 0xe0) == 0xe0;  // opmask, ZMM_Hi256, Hi16_ZMM
+  if (d & (1u << 26)) out.push_back("sse2");
+  if (c & (1u << 19)) out.push_back("sse4.1");
+  if (os_avx && (c & (1u << 28))) out.push_back("avx");
+  if (os_avx && (c & (1u << 12))) out.push_back("fma");
+  if (os_avx && (c & (1u << 29))) out.push_back("f16c");
+  unsigned max_leaf = __get_cpuid_max(0, nullptr);
+  if (max_leaf >= 7) {
+    __cpuid_count(7, 0, a, b, c, d);
+    const unsigned b7 = b;
+    if (os_avx && (b7 & (1u << 5))) out.push_back("avx2");
+    if (os_avx512 && (b7 & (1u << 16))) out.push_back("avx512f");
+    if (os_avx512 && (b7 & (1u << 30))) out.push_back("avx512bw");
+    if (os_avx512 && (b7 & (1u << 31))) out.push_back("avx512vl");
+    if (os_avx512 && (c & (1u << 11))) out.push_back("avx512vnni");
+    __cpuid_count(7, 1, a, b, c, d);
+    if (os_avx512 && (a & (1u << 5))) out.push_back("avx512bf16");
+    if (os_avx && (a & (1u << 4))) out.push_back("avxvnni");
+  }
+  return out;
+}
+#endif
+
+uint64_t meminfo_kb(const std::string& key) {
+  std::ifstream in("/proc/meminfo");
+  std::string line;
+  while (std::getline(in, line)) {
+    if (line.rfind(key + ":", 0) == 0) {
+      std::istringstream fields(line.substr(key.size() + 1));
+      uint64_t kb = 0;
+      fields >> kb;
+      return kb;
+    }
+  }
+  return 0;
+}
+
+}  // namespace
+
+CpuInfo cpu_info() {
+  CpuInfo info;
+  long online = sysconf(_SC_NPROCESSORS_ONLN);
+  info.logical_cores = online > 0 ? static_cast<int>(online) : static_cast<int>(std::thread::hardware_concurrency());
+
+  // Physical cores: distinct (physical id, core id) pairs; falls back to logical.
+  std::ifstream cpuinfo("/proc/cpuinfo");
+  std::set<std::pair<int, int>> cores;
+  std::string line;
+  int physical_id = 0;
+  while (std::getline(cpuinfo, line)) {
+    auto value = [&line] { return line.substr(line.find(':') + 1); };
+    if (line.rfind("physical id", 0) == 0) physical_id = std::stoi(value());
+    else if (line.rfind("core id", 0) == 0) cores.insert({physical_id, std::stoi(value())});
+    else if (info.model_name.empty() && line.rfind("model name", 0) == 0) {
+      info.model_name = value();
+      info.model_name.erase(0, info.model_name.find_first_not_of(' '));
+    }
+  }
+  info.physical_cores = cores.empty() ? info.logical_cores : static_cast<int>(cores.size());
+
+  long pages = sysconf(_SC_PHYS_PAGES);
+  long page_size = sysconf(_SC_PAGE_SIZE);
+  if (pages > 0 && page_size > 0) info.total_memory = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size);
+  info.available_memory = meminfo_kb("MemAvailable") * 1024;
+
+#if defined(__x86_64__)
+  info.arch = "x86_64";
+  info.simd = x86_features();
+#elif defined(__aarch64__)
+  info.arch = "aarch64";
+  info.simd = {"neon"};
+#else
+  info.arch = "unknown";
+#endif
+  return info;
+}
+
+}  // namespace pagedllm

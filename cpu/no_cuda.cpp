@@ -1,0 +1,31 @@
+// Compiled only into builds without CUDA (PAGEDLLM_CUDA=OFF, no nvcc, or the
+// node-gyp build): the CUDA entry points report why they cannot run.
+#include "pagedllm/device.h"
+#include "pagedllm/error.h"
+#include "pagedllm/memory_resource.h"
+#include "pagedllm/tensor_ops.h"
+
+namespace pagedllm {
+
+namespace {
+[[noreturn]] void no_cuda() { PAGEDLLM_FAIL(Unsupported, "pagedllm was built without CUDA"); }
+}  // namespace
+
+CudaInfo cuda_info() {
+  CudaInfo info;
+  info.compiled = false;
+  info.available = false;
+  info.reason = "pagedllm was built without CUDA (rebuild with nvcc on PATH and PAGEDLLM_CUDA not OFF)";
+  return info;
+}
+
+std::shared_ptr<Stream> create_cuda_stream(int) { no_cuda(); }
+MemoryResource& cuda_async_memory_resource(int) { no_cuda(); }
+void fill_cuda(void*, DType, size_t, double, Stream&) { no_cuda(); }
+void cast_cuda(const void*, DType, void*, DType, size_t, Stream&) { no_cuda(); }
+void copy_strided_cuda(const void*, const StridedLayout&, size_t, void*, Stream&) { no_cuda(); }
+void copy_bytes_cuda(const void*, Stream&, void*, Stream&, size_t) { no_cuda(); }
+void upload_cuda(const void*, void*, size_t, Stream&) { no_cuda(); }
+void download_cuda(const void*, void*, size_t, Stream&, std::function<void()>) { no_cuda(); }
+
+}  // namespace pagedllm

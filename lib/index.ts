@@ -1,0 +1,36 @@
+/**
+ * pagedllm: LLM inference for Node.js. This entry point exports the public API.
+ *
+ * @example
+ * const { devices, Tensor } = require('pagedllm');
+ * console.log(devices().selected);             // 'cuda:0' or 'cpu'
+ * const t = Tensor.fromArray([1, 2, 3]);
+ * console.log(await t.toArray());              // Float32Array [1, 2, 3]
+ */
+export { devices, defaultDevice, parseDevice } from './device';
+export type { Device, DeviceSpec, DevicesReport, CpuDeviceInfo, CudaDeviceInfo, CudaReport } from './device';
+export { Tensor, MAX_DIMS } from './tensor';
+export type { TensorOptions } from './tensor';
+export { Stream, StreamEvent } from './stream';
+export {
+  DTYPES,
+  dtypeSize,
+  float32ToFloat16,
+  float16ToFloat32,
+  float32ToBfloat16,
+  bfloat16ToFloat32,
+} from './dtype';
+export type { DType, TensorData, TypedArrayFor } from './dtype';
+export {
+  PagedLLMError,
+  InvalidArgumentError,
+  UnsupportedError,
+  OutOfMemoryError,
+  DisposedError,
+  ModelFormatError,
+  CudaError,
+  AbortedError,
+  NoBackendError,
+  InternalError,
+} from './errors';
+export type { ErrorCode } from './errors';

@@ -1,0 +1,137 @@
+/**
+ * The one place that loads the native binary, and the one typed description of
+ * the binding (STYLE.md §6). Nothing else in lib/ touches the addon directly.
+ *
+ * Load order: `PAGEDLLM_ADDON` (an explicit path to a `.node`, for testing other
+ * builds), then node-gyp-build's search of this package: `build/Release`,
+ * `build/Debug`, `prebuilds/<platform>-<arch>/`. The first binary found is
+ * loaded lazily, on first use, so `require('pagedllm')` itself never fails.
+ */
+import * as path from 'node:path';
+
+import { errorFromCode, NoBackendError } from './errors';
+
+declare const handleBrand: unique symbol;
+/** Opaque, type-tagged native handles: never constructed or inspected in JS. */
+export type NativeBufferHandle = { readonly [handleBrand]: 'buffer' };
+export type NativeStreamHandle = { readonly [handleBrand]: 'stream' };
+export type NativeEventHandle = { readonly [handleBrand]: 'event' };
+
+export interface NativeCpuInfo {
+  logicalCores: number;
+  physicalCores: number;
+  totalMemory: number;
+  availableMemory: number;
+  arch: string;
+  modelName: string;
+  simd: string[];
+}
+
+export interface NativeCudaDeviceInfo {
+  index: number;
+  name: string;
+  computeCapability: string;
+  totalMemory: number;
+  freeMemory: number;
+  multiprocessors: number;
+  supported: boolean;
+}
+
+export interface NativeCudaInfo {
+  compiled: boolean;
+  available: boolean;
+  reason: string;
+  driverVersion: number;
+  runtimeVersion: number;
+  archs: string;
+  devices: NativeCudaDeviceInfo[];
+}
+
+/** Device kinds as the binding numbers them (device.h): 0 = CPU, 1 = CUDA. */
+export type NativeDeviceKind = 0 | 1;
+
+export interface NativeBinding {
+  setErrorFactory(factory: (code: string, message: string) => Error): void;
+  buildInfo(): { version: string; cuda: boolean; buildSystem: string };
+  cpuInfo(): NativeCpuInfo;
+  cudaInfo(): NativeCudaInfo;
+
+  defaultStream(kind: NativeDeviceKind, index: number): NativeStreamHandle;
+  createStream(kind: NativeDeviceKind, index: number): NativeStreamHandle;
+  streamSynchronize(stream: NativeStreamHandle): Promise<void>;
+  streamRecord(stream: NativeStreamHandle): NativeEventHandle;
+  streamWait(stream: NativeStreamHandle, event: NativeEventHandle): void;
+  eventQuery(event: NativeEventHandle): boolean;
+  eventSynchronize(event: NativeEventHandle): Promise<void>;
+
+  /** Device memory of the stream's device; freed in the stream's order. */
+  allocate(stream: NativeStreamHandle, bytes: number): NativeBufferHandle;
+  /** Idempotent. */
+  free(buffer: NativeBufferHandle): void;
+  fill(dst: NativeBufferHandle, byteOffset: number, dtype: number, n: number, value: number, stream: NativeStreamHandle): void;
+  cast(
+    src: NativeBufferHandle, srcByteOffset: number, srcDtype: number,
+    dst: NativeBufferHandle, dstByteOffset: number, dstDtype: number,
+    n: number, stream: NativeStreamHandle,
+  ): void;
+  copyStrided(
+    src: NativeBufferHandle, srcByteOffset: number, elemSize: number, shape: number[], strides: number[],
+    dst: NativeBufferHandle, dstByteOffset: number, stream: NativeStreamHandle,
+  ): void;
+  /** Between any devices, ordered after prior work on both buffers' streams. */
+  copy(src: NativeBufferHandle, srcByteOffset: number, dst: NativeBufferHandle, dstByteOffset: number, bytes: number): void;
+  /** Takes the bytes of `data` at once; lands them in the buffer's stream order. */
+  upload(data: ArrayBufferView, dst: NativeBufferHandle, dstByteOffset: number): void;
+  download(src: NativeBufferHandle, srcByteOffset: number, bytes: number): Promise<ArrayBuffer>;
+}
+
+const packageRoot = path.resolve(__dirname, '..');
+let binding: NativeBinding | undefined;
+let loadError: NoBackendError | undefined;
+
+function load(): NativeBinding {
+  const tried: string[] = [];
+  const candidates: string[] = [];
+  const explicit = process.env.PAGEDLLM_ADDON;
+  if (explicit) {
+    candidates.push(path.resolve(explicit));
+  } else {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const nodeGypBuild = require('node-gyp-build') as { path(dir: string): string };
+      candidates.push(nodeGypBuild.path(packageRoot));
+    } catch (error) {
+      tried.push(`build/Release, build/Debug and prebuilds/${process.platform}-${process.arch}/ under ${packageRoot}: ${(error as Error).message}`);
+    }
+  }
+  for (const file of candidates) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      const loaded = require(file) as NativeBinding;
+      loaded.setErrorFactory(errorFromCode);
+      return loaded;
+    } catch (error) {
+      tried.push(`${file}: ${(error as Error).message.split('\n')[0]}`);
+    }
+  }
+  throw new NoBackendError(
+    `pagedllm: no native binary could be loaded for ${process.platform}-${process.arch} (Node ${process.version}).\n` +
+      `Tried:\n${tried.map((t) => `  - ${t}`).join('\n')}\n` +
+      'To fix: install a pagedllm release that ships prebuilds for this platform, or build from source in the ' +
+      "package folder with 'npm run build' (needs cmake and a C++17 compiler; nvcc adds CUDA) or " +
+      "'npm run build:gyp' (node-gyp, CPU only). PAGEDLLM_ADDON=/path/to/pagedllm.node loads a specific binary.",
+  );
+}
+
+/** The loaded binding; throws {@link NoBackendError} (`ERR_NO_BACKEND`) if none loads. */
+export function native(): NativeBinding {
+  if (binding) return binding;
+  if (loadError) throw loadError;
+  try {
+    binding = load();
+    return binding;
+  } catch (error) {
+    loadError = error as NoBackendError;
+    throw error;
+  }
+}
