@@ -46,7 +46,7 @@ void settle_completion(Napi::Env env, Napi::Function, void*, Completion* complet
   std::unique_ptr<Completion> owned(completion);
   if (env == nullptr) return;  // env is shutting down
   AddonData& data = addon_data(env);
-  if (--data.pending == 0) data.completions.Unref(env);
+  if (--data.pending == 0) data.sink->queue.Unref(env);
   std::exception_ptr error = completion->stream ? completion->stream->take_error() : nullptr;
   if (error) {
     completion->deferred.Reject(exception_to_js(env, error).Value());
@@ -62,17 +62,13 @@ void settle_completion(Napi::Env env, Napi::Function, void*, Completion* complet
 Napi::Promise begin_completion(Napi::Env env, Completion* completion, std::function<void(std::function<void()>)> post) {
   AddonData& data = addon_data(env);
   Napi::Promise promise = completion->deferred.Promise();
-  CompletionQueue queue = data.completions;
+  std::shared_ptr<CompletionSink> sink = data.sink;
   // Take the reference first: if post() throws, undo it and leave nothing queued.
-  if (data.pending++ == 0) queue.Ref(env);
+  if (data.pending++ == 0) sink->queue.Ref(env);
   try {
-    post([queue, completion]() mutable {
-      // Fails only while the env is being torn down; the completion is then
-      // leaked on purpose (its JS references may only be dropped on the JS thread).
-      queue.NonBlockingCall(completion);
-    });
+    post([sink, completion] { sink->post(completion); });
   } catch (...) {
-    if (--data.pending == 0) queue.Unref(env);
+    if (--data.pending == 0) sink->queue.Unref(env);
     delete completion;
     throw;
   }
@@ -120,9 +116,14 @@ Napi::Value SetErrorFactory(const Napi::CallbackInfo& info) {
 Napi::Object Init(Napi::Env env, Napi::Object exports) {
   auto* data = new AddonData;
   env.SetInstanceData<AddonData>(data);  // deleted (and its references released) when the env ends
-  data->completions = CompletionQueue::New(env, "pagedllm completions", 0, 1);
-  data->completions.Unref(env);
-  env.AddCleanupHook([data] { data->completions.Abort(); });
+  data->sink = std::make_shared<CompletionSink>();
+  data->sink->queue = CompletionQueue::New(env, "pagedllm completions", 0, 1);
+  data->sink->queue.Unref(env);
+  env.AddCleanupHook([sink = data->sink] {
+    std::lock_guard<std::mutex> lock(sink->mutex);
+    sink->open = false;
+    sink->queue.Abort();
+  });
   exports.Set("setErrorFactory", Napi::Function::New<Guard<SetErrorFactory>>(env, "setErrorFactory"));
   init_devices(env, exports);
   init_streams(env, exports);

@@ -7,6 +7,7 @@
 
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <string>
 
 #include "pagedllm/device.h"
@@ -18,23 +19,38 @@ namespace pagedllm::addon {
 // ---- promises resolved from native threads ------------------------------------
 
 // A promise settled on the JS thread once queued work reaches it. `resolve`
-// builds the value; `keep` holds JS objects alive (e.g. a destination buffer)
-// until then; a failure recorded on `stream` rejects instead.
+// builds the value; a failure recorded on `stream` rejects instead. Native
+// threads never write JS-owned memory (it vanishes with its env): results land
+// in native memory that `resolve` copies out.
 struct Completion {
   explicit Completion(Napi::Env env) : deferred(Napi::Promise::Deferred::New(env)) {}
   Napi::Promise::Deferred deferred;
   std::shared_ptr<Stream> stream;
   std::function<Napi::Value(Napi::Env)> resolve;
-  Napi::ObjectReference keep;
 };
 
 void settle_completion(Napi::Env env, Napi::Function, void*, Completion* completion);
 using CompletionQueue = Napi::TypedThreadSafeFunction<void, Completion, settle_completion>;
 
+// The door from native threads into one env. Streams are process-wide and may
+// finish work after the env that queued it is gone (a terminated worker
+// thread): once `open` is false nothing is posted, so no thread touches a
+// thread-safe function that Node has already freed.
+struct CompletionSink {
+  std::mutex mutex;
+  bool open = true;
+  CompletionQueue queue;
+  void post(Completion* completion) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (open) queue.NonBlockingCall(completion);
+    // else: leaked on purpose; its JS references may only be dropped on the JS thread.
+  }
+};
+
 struct AddonData {
   Napi::FunctionReference error_factory;  // (code, message) => PagedLLMError, from lib/errors.ts
   Napi::FunctionReference buffer_class, stream_class, event_class;
-  CompletionQueue completions;  // referenced only while completions are pending
+  std::shared_ptr<CompletionSink> sink;  // its queue is referenced only while completions are pending
   int pending = 0;
 };
 

@@ -202,22 +202,25 @@ Napi::Value Upload(const Napi::CallbackInfo& info) {
 }
 
 // download(src, srcByteOffset, bytes) -> Promise<ArrayBuffer>, in the order of src's stream.
+// The stream writes native memory; the JS thread copies it into a new ArrayBuffer.
 Napi::Value Download(const Napi::CallbackInfo& info) {
   Napi::Env env = info.Env();
   const size_t offset = arg_int(info, 1, "srcByteOffset");
   const size_t bytes = arg_int(info, 2, "bytes");
   NativeBuffer& src = NativeBuffer::From(info, 0, offset, bytes);
-  Napi::ArrayBuffer host = Napi::ArrayBuffer::New(env, bytes);
+  std::shared_ptr<char[]> host(new char[bytes > 0 ? bytes : 1]);
   auto* completion = new Completion(env);
   completion->stream = src.stream;
-  completion->keep = Napi::Persistent(host.As<Napi::Object>());
-  Completion* c = completion;
-  completion->resolve = [c](Napi::Env) -> Napi::Value { return c->keep.Value(); };
+  completion->resolve = [host, bytes](Napi::Env env) -> Napi::Value {
+    Napi::ArrayBuffer out = Napi::ArrayBuffer::New(env, bytes);
+    if (bytes) std::memcpy(out.Data(), host.get(), bytes);
+    return out;
+  };
   std::shared_ptr<Stream> stream = src.stream;
   const char* from = src.data() + offset;
-  void* to = host.Data();
-  return begin_completion(env, completion, [stream, from, to, bytes](std::function<void()> notify) {
-    download(from, to, bytes, *stream, std::move(notify));
+  return begin_completion(env, completion, [stream, from, host, bytes](std::function<void()> notify) {
+    // `host` is captured by the queued work too: it outlives a completion that is never settled.
+    download(from, host.get(), bytes, *stream, [host, notify = std::move(notify)] { notify(); });
   });
 }
 
