@@ -452,9 +452,15 @@ export function f32ArrayFromBits(bits: number[]): Float32Array {
 
 // ---- the built package for child processes --------------------------------------------
 
-/** Builds dist/ (tsc -p tsconfig.build.json) if it is missing. */
+/** Builds dist/ (tsc -p tsconfig.build.json) if it is missing or older than a file in lib/. */
 export function ensureDist(): void {
-  if (fs.existsSync(path.join(DIST, 'index.js'))) return;
+  const index = path.join(DIST, 'index.js');
+  if (fs.existsSync(index)) {
+    const built = fs.statSync(index).mtimeMs;
+    const lib = path.join(REPO, 'lib');
+    const stale = fs.readdirSync(lib).some((f) => f.endsWith('.ts') && fs.statSync(path.join(lib, f)).mtimeMs > built);
+    if (!stale) return;
+  }
   const tsc = path.join(REPO, 'node_modules', 'typescript', 'bin', 'tsc');
   const r = spawnSync(process.execPath, [tsc, '-p', path.join(REPO, 'tsconfig.build.json')], { cwd: REPO, encoding: 'utf8' });
   if (r.status !== 0) throw new Error(`tsc -p tsconfig.build.json failed:\n${r.stdout}\n${r.stderr}`);
