@@ -4,6 +4,7 @@
 
 #include "binding.h"
 #include "pagedllm/error.h"
+#include "pagedllm/memory_resource.h"
 
 namespace pagedllm::addon {
 
@@ -27,6 +28,12 @@ Napi::Error exception_to_js(Napi::Env env, std::exception_ptr error) {
     std::rethrow_exception(error);
   } catch (const Napi::Error& e) {
     return e;
+  } catch (const OutOfMemoryError& e) {
+    Napi::Error error = make_error(env, error_code_name(e.code()), e.what());
+    error.Set("requested", Napi::Number::New(env, static_cast<double>(e.requested)));
+    error.Set("category", Napi::String::New(env, category_name(e.category)));
+    error.Set("ledger", report_to_js(env, e.ledger));
+    return error;
   } catch (const Error& e) {
     return make_error(env, error_code_name(e.code()), e.what());
   } catch (const std::bad_alloc&) {
@@ -128,6 +135,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   init_devices(env, exports);
   init_streams(env, exports);
   init_tensor_ops(env, exports);
+  init_memory(env, exports);
   return exports;
 }
 

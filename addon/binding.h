@@ -49,7 +49,7 @@ struct CompletionSink {
 
 struct AddonData {
   Napi::FunctionReference error_factory;  // (code, message) => PagedLLMError, from lib/errors.ts
-  Napi::FunctionReference buffer_class, stream_class, event_class;
+  Napi::FunctionReference buffer_class, stream_class, event_class, resource_class;
   std::shared_ptr<CompletionSink> sink;  // its queue is referenced only while completions are pending
   int pending = 0;
 };
@@ -109,7 +109,8 @@ class NativeEvent : public Napi::ObjectWrap<NativeEvent> {
 class NativeBuffer : public Napi::ObjectWrap<NativeBuffer> {
  public:
   static Napi::Function Define(Napi::Env env);
-  static Napi::Object Allocate(Napi::Env env, std::shared_ptr<Stream> stream, size_t bytes);
+  static Napi::Object Allocate(Napi::Env env, std::shared_ptr<Stream> stream, size_t bytes, MemoryResourcePtr resource,
+                               Category category);
   // Throws ERR_DISPOSED if freed, ERR_INVALID_ARGUMENT if [offset, offset+extent) is outside.
   static NativeBuffer& From(const Napi::CallbackInfo& info, size_t i, size_t offset, size_t extent);
   explicit NativeBuffer(const Napi::CallbackInfo& info);
@@ -118,16 +119,30 @@ class NativeBuffer : public Napi::ObjectWrap<NativeBuffer> {
 
   char* data() const { return static_cast<char*>(ptr); }
   std::shared_ptr<Stream> stream;
-  MemoryResource* resource = nullptr;
+  MemoryResourcePtr resource;
+  Category category = Category::Other;
   void* ptr = nullptr;
   size_t bytes = 0;
   bool freed = false;
 };
+
+class NativeMemoryResource : public Napi::ObjectWrap<NativeMemoryResource> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  static Napi::Object Wrap(Napi::Env env, MemoryResourcePtr resource);
+  static NativeMemoryResource& From(const Napi::CallbackInfo& info, size_t i);
+  explicit NativeMemoryResource(const Napi::CallbackInfo& info);
+  MemoryResourcePtr resource;
+};
+
+// A MemoryReport as a plain JS object (see lib/memory.ts for its shape).
+Napi::Object report_to_js(Napi::Env env, const MemoryReport& report);
 
 // ---- exports of each module ------------------------------------------------------------
 
 void init_devices(Napi::Env env, Napi::Object exports);
 void init_streams(Napi::Env env, Napi::Object exports);
 void init_tensor_ops(Napi::Env env, Napi::Object exports);
+void init_memory(Napi::Env env, Napi::Object exports);
 
 }  // namespace pagedllm::addon

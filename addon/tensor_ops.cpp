@@ -33,19 +33,23 @@ NativeBuffer::NativeBuffer(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Na
   info.This().As<Napi::Object>().TypeTag(&kBufferTag);
 }
 
-Napi::Object NativeBuffer::Allocate(Napi::Env env, std::shared_ptr<Stream> stream, size_t bytes) {
-  MemoryResource& resource = default_memory_resource(stream->device());
-  void* ptr = resource.allocate(bytes, *stream);
+Napi::Object NativeBuffer::Allocate(Napi::Env env, std::shared_ptr<Stream> stream, size_t bytes, MemoryResourcePtr resource,
+                                   Category category) {
+  if (resource->device() != stream->device())
+    throw make_error(env, "ERR_INVALID_ARGUMENT",
+                     "memory resource on " + resource->device().str() + " used with a stream on " + stream->device().str());
+  void* ptr = resource->allocate(bytes, *stream, category);
   Napi::Object object;
   try {
     object = addon_data(env).buffer_class.New({Napi::External<void>::New(env, nullptr)});
   } catch (...) {
-    resource.deallocate(ptr, bytes, *stream);
+    resource->deallocate(ptr, bytes, *stream, category);
     throw;
   }
   NativeBuffer* buffer = Unwrap(object);
   buffer->stream = std::move(stream);
-  buffer->resource = &resource;
+  buffer->resource = std::move(resource);
+  buffer->category = category;
   buffer->ptr = ptr;
   buffer->bytes = bytes;
   adjust_external_memory(env, static_cast<int64_t>(bytes));
@@ -55,7 +59,7 @@ Napi::Object NativeBuffer::Allocate(Napi::Env env, std::shared_ptr<Stream> strea
 void NativeBuffer::Free(Napi::Env env) {
   if (freed) return;
   freed = true;
-  if (resource) resource->deallocate(ptr, bytes, *stream);
+  if (resource) resource->deallocate(ptr, bytes, *stream, category);
   adjust_external_memory(env, -static_cast<int64_t>(bytes));
   ptr = nullptr;
 }
@@ -99,10 +103,17 @@ void require_same_device(Napi::Env env, const NativeBuffer& buffer, const Stream
                      "buffer on " + buffer.stream->device().str() + " used by a stream on " + stream.device().str());
 }
 
-// allocate(stream, bytes) -> buffer
+// allocate(stream, bytes, resource?, category?) -> buffer (default: the device's default resource, "other")
 Napi::Value Allocate(const Napi::CallbackInfo& info) {
   std::shared_ptr<Stream> stream = NativeStream::From(info, 0).stream;
-  return NativeBuffer::Allocate(info.Env(), stream, static_cast<size_t>(arg_int(info, 1, "bytes")));
+  const size_t bytes = static_cast<size_t>(arg_int(info, 1, "bytes"));
+  MemoryResourcePtr resource = info.Length() > 2 && !info[2].IsUndefined() && !info[2].IsNull()
+                                   ? NativeMemoryResource::From(info, 2).resource
+                                   : default_memory_resource(stream->device());
+  const Category category = info.Length() > 3 && !info[3].IsUndefined()
+                                ? category_from_int(static_cast<int32_t>(arg_int(info, 3, "category")))
+                                : Category::Other;
+  return NativeBuffer::Allocate(info.Env(), stream, bytes, std::move(resource), category);
 }
 
 // free(buffer): idempotent.
@@ -155,17 +166,23 @@ Napi::Value CopyStrided(const Napi::CallbackInfo& info) {
   StridedLayout layout;
   layout.ndim = static_cast<int>(shape.Length());
   size_t total = 1, span = 1;  // span: elements from the first to one past the last read
-  for (uint32_t d = 0; d < shape.Length(); ++d) {
-    Napi::Value s = shape.Get(d), t = strides.Get(d);
-    if (!s.IsNumber() || !t.IsNumber() || s.As<Napi::Number>().DoubleValue() < 0 || t.As<Napi::Number>().DoubleValue() < 0)
+  auto dimension = [&](Napi::Value v) -> int64_t {
+    const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+    if (!(d >= 0 && d <= 9007199254740991.0) || d != static_cast<double>(static_cast<int64_t>(d)))
       throw make_error(env, "ERR_INVALID_ARGUMENT", "shape and strides must be non-negative integers");
-    layout.shape[d] = s.As<Napi::Number>().Int64Value();
-    layout.strides[d] = t.As<Napi::Number>().Int64Value();
+    return static_cast<int64_t>(d);
+  };
+  for (uint32_t d = 0; d < shape.Length(); ++d) {
+    layout.shape[d] = dimension(shape.Get(d));
+    layout.strides[d] = dimension(strides.Get(d));
     total = checked_mul(env, total, static_cast<size_t>(layout.shape[d]));
   }
   if (total == 0) return env.Undefined();
-  for (int d = 0; d < layout.ndim; ++d)
-    span += checked_mul(env, static_cast<size_t>(layout.shape[d] - 1), static_cast<size_t>(layout.strides[d]));
+  for (int d = 0; d < layout.ndim; ++d) {
+    const size_t reach = checked_mul(env, static_cast<size_t>(layout.shape[d] - 1), static_cast<size_t>(layout.strides[d]));
+    if (span > SIZE_MAX - reach) throw make_error(env, "ERR_INVALID_ARGUMENT", "size overflows");
+    span += reach;
+  }
   NativeBuffer& src = NativeBuffer::From(info, 0, src_offset, checked_mul(env, span, elem_size));
   const size_t dst_offset = arg_int(info, 6, "dstByteOffset");
   NativeBuffer& dst = NativeBuffer::From(info, 5, dst_offset, checked_mul(env, total, elem_size));

@@ -71,6 +71,13 @@ uint64_t meminfo_kb(const std::string& key) {
 
 }  // namespace
 
+void cpu_memory_info(uint64_t* free_bytes, uint64_t* total_bytes) {
+  long pages = sysconf(_SC_PHYS_PAGES);
+  long page_size = sysconf(_SC_PAGE_SIZE);
+  *total_bytes = pages > 0 && page_size > 0 ? static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size) : 0;
+  *free_bytes = meminfo_kb("MemAvailable") * 1024;
+}
+
 CpuInfo cpu_info() {
   CpuInfo info;
   long online = sysconf(_SC_NPROCESSORS_ONLN);
@@ -92,10 +99,7 @@ CpuInfo cpu_info() {
   }
   info.physical_cores = cores.empty() ? info.logical_cores : static_cast<int>(cores.size());
 
-  long pages = sysconf(_SC_PHYS_PAGES);
-  long page_size = sysconf(_SC_PAGE_SIZE);
-  if (pages > 0 && page_size > 0) info.total_memory = static_cast<uint64_t>(pages) * static_cast<uint64_t>(page_size);
-  info.available_memory = meminfo_kb("MemAvailable") * 1024;
+  cpu_memory_info(&info.available_memory, &info.total_memory);
 
 #if defined(__x86_64__)
   info.arch = "x86_64";

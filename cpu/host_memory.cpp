@@ -1,42 +1,71 @@
-// Host memory resource: 256-byte aligned, freed in stream order (the free is
-// queued on the stream, after the work that may still read the memory).
+// Host memory resource (256-byte aligned; the free is queued on the stream,
+// after the work that may still read the memory), the default resources, and
+// what the CPU "device" has free.
 #include <cstdlib>
+#include <map>
+#include <mutex>
+#include <string>
 
-#include "pagedllm/error.h"
 #include "pagedllm/memory_resource.h"
 
 namespace pagedllm {
-
-MemoryResource& cuda_async_memory_resource(int device_index);  // cuda/cuda_memory.cpp or cpu/no_cuda.cpp
 
 namespace {
 
 class HostMemoryResource final : public MemoryResource {
  public:
   Device device() const override { return Device{DeviceKind::Cpu, 0}; }
+  std::string kind() const override { return "host"; }
+  void report(MemoryReport& out) override {
+    out.kind = kind();
+    out.device = device();
+    device_memory_info(device(), &out.device_free, &out.device_total);
+  }
 
  private:
-  void* do_allocate(size_t bytes, Stream&) override {
-    const size_t rounded = (bytes + kAllocationAlignment - 1) / kAllocationAlignment * kAllocationAlignment;
-    PAGEDLLM_CHECK(rounded >= bytes, OutOfMemory, "out of memory: cannot allocate ", bytes, " bytes of host memory");
-    void* ptr = std::aligned_alloc(kAllocationAlignment, rounded);
-    PAGEDLLM_CHECK(ptr != nullptr, OutOfMemory, "out of memory: cannot allocate ", bytes, " bytes of host memory");
+  void* do_allocate(size_t bytes, Stream&, Category category) override {
+    const size_t rounded = align_up(bytes);
+    void* ptr = rounded >= bytes ? std::aligned_alloc(kAllocationAlignment, rounded) : nullptr;
+    if (ptr == nullptr) {
+      MemoryReport ledger;
+      report(ledger);
+      throw OutOfMemoryError(detail::concat("out of memory: cannot allocate ", format_bytes(bytes), " (",
+                                            category_name(category), ") of host memory; ",
+                                            format_bytes(ledger.device_free), " available of ",
+                                            format_bytes(ledger.device_total)),
+                             bytes, category, ledger);
+    }
     return ptr;
   }
-  void do_deallocate(void* ptr, size_t, Stream& stream) override {
+  void do_deallocate(void* ptr, size_t, Stream& stream, Category) override {
     stream.enqueue_host([ptr] { std::free(ptr); });
   }
 };
 
 }  // namespace
 
-MemoryResource& host_memory_resource() {
-  static HostMemoryResource* resource = new HostMemoryResource;  // leaked: outlives every stream
-  return *resource;
+MemoryResourcePtr make_host_resource() { return std::make_shared<HostMemoryResource>(); }
+
+MemoryResourcePtr default_memory_resource(Device device) {
+  // Leaked on purpose: buffers freed during process exit still reach them.
+  static std::mutex* mutex = new std::mutex;
+  static auto* resources = new std::map<std::pair<int, int>, MemoryResourcePtr>;
+  std::lock_guard<std::mutex> lock(*mutex);
+  auto key = std::make_pair(static_cast<int>(device.kind), device.index);
+  auto it = resources->find(key);
+  if (it != resources->end()) return it->second;
+  MemoryResourcePtr upstream = device.is_cpu() ? make_host_resource() : make_cuda_resource(device.index);
+  MemoryResourcePtr resource = make_tracking_adaptor(make_pool_resource(upstream, 0, 0));
+  (*resources)[key] = resource;
+  return resource;
 }
 
-MemoryResource& default_memory_resource(Device device) {
-  return device.is_cpu() ? host_memory_resource() : cuda_async_memory_resource(device.index);
+void cpu_memory_info(uint64_t* free_bytes, uint64_t* total_bytes);             // cpu/cpu_info.cpp
+void cuda_memory_info(int device_index, uint64_t* free_bytes, uint64_t* total_bytes);  // cuda/ or cpu/no_cuda.cpp
+
+void device_memory_info(Device device, uint64_t* free_bytes, uint64_t* total_bytes) {
+  if (device.is_cpu()) cpu_memory_info(free_bytes, total_bytes);
+  else cuda_memory_info(device.index, free_bytes, total_bytes);
 }
 
 }  // namespace pagedllm

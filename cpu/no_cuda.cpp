@@ -20,7 +20,32 @@ CudaInfo cuda_info() {
 }
 
 std::shared_ptr<Stream> create_cuda_stream(int) { no_cuda(); }
-MemoryResource& cuda_async_memory_resource(int) { no_cuda(); }
+MemoryResourcePtr make_cuda_resource(int) { no_cuda(); }
+MemoryResourcePtr make_cuda_async_resource(int, uint64_t) { no_cuda(); }
+// Nothing can be pinned without CUDA: pageable host memory, reported as a fallback.
+MemoryResourcePtr make_pinned_host_resource() {
+  class Pageable final : public MemoryResource {
+   public:
+    Device device() const override { return Device{DeviceKind::Cpu, 0}; }
+    std::string kind() const override { return "pinned-host"; }
+    void report(MemoryReport& out) override {
+      host_->report(out);
+      out.kind = kind();
+      out.pinned_fallback = true;
+    }
+
+   private:
+    void* do_allocate(size_t bytes, Stream& stream, Category category) override {
+      return host_->allocate(bytes, stream, category);
+    }
+    void do_deallocate(void* ptr, size_t bytes, Stream& stream, Category category) override {
+      host_->deallocate(ptr, bytes, stream, category);
+    }
+    MemoryResourcePtr host_ = make_host_resource();
+  };
+  return std::make_shared<Pageable>();
+}
+void cuda_memory_info(int, uint64_t* free_bytes, uint64_t* total_bytes) { *free_bytes = *total_bytes = 0; }
 void fill_cuda(void*, DType, size_t, double, Stream&) { no_cuda(); }
 void cast_cuda(const void*, DType, void*, DType, size_t, Stream&) { no_cuda(); }
 void copy_strided_cuda(const void*, const StridedLayout&, size_t, void*, Stream&) { no_cuda(); }

@@ -41,8 +41,14 @@ void copy_strided(const void* src, const StridedLayout& layout, size_t elem_size
 void copy_bytes(const void* src, Stream& src_stream, void* dst, Stream& dst_stream, size_t bytes) {
   if (bytes == 0) return;
   if (src_stream.device().is_cpu() && dst_stream.device().is_cpu()) {
-    if (&src_stream != &dst_stream) dst_stream.wait(src_stream.record());
+    if (&src_stream == &dst_stream) {
+      as_cpu_stream(dst_stream).enqueue([src, dst, bytes] { std::memmove(dst, src, bytes); });
+      return;
+    }
+    dst_stream.wait(src_stream.record());
     as_cpu_stream(dst_stream).enqueue([src, dst, bytes] { std::memmove(dst, src, bytes); });
+    // The source's memory is freed in its own stream's order: keep that after the copy.
+    src_stream.wait(dst_stream.record());
     return;
   }
   copy_bytes_cuda(src, src_stream, dst, dst_stream, bytes);

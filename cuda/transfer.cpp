@@ -6,6 +6,9 @@
 //                             staging returned by a host function after it.
 //  download (GPU -> JS bytes): D2H into staging on the stream; a host function
 //                             copies staging out, returns it, calls done().
+//  GPU -> GPU tensor copy:    on the destination stream, after the source's
+//                             work; the source stream then waits for the copy
+//                             (the source is freed in its stream's order).
 //  CPU -> GPU tensor copy:    the CPU stream fills staging in its order and
 //                             marks an event; the GPU stream's host function
 //                             waits for that event, then H2D follows.
@@ -128,6 +131,8 @@ void copy_bytes_cuda(const void* src, Stream& src_stream, void* dst, Stream& dst
       PAGEDLLM_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, d.handle()));
     else
       PAGEDLLM_CUDA_CHECK(cudaMemcpyPeerAsync(dst, to.index, src, from.index, bytes, d.handle()));
+    // The source's memory is freed in its own stream's order: keep that after the copy.
+    if (&src_stream != &dst_stream) src_stream.wait(d.record());
     return;
   }
   StagingPool::Buffer staging = staging_pool().acquire(bytes);

@@ -12,6 +12,8 @@ export type { Device, DeviceSpec, DevicesReport, CpuDeviceInfo, CudaDeviceInfo, 
 export { Tensor, MAX_DIMS } from './tensor';
 export type { TensorOptions } from './tensor';
 export { Stream, StreamEvent } from './stream';
+export { createMemoryResource, defaultMemoryResource, memoryReport, MemoryResource, MEMORY_CATEGORIES } from './memory';
+export type { MemoryCategory, MemoryReport, MemoryResourceKind, MemoryResourceOptions, UsageCounters } from './memory';
 export {
   DTYPES,
   dtypeSize,

@@ -16,6 +16,7 @@ declare const handleBrand: unique symbol;
 export type NativeBufferHandle = { readonly [handleBrand]: 'buffer' };
 export type NativeStreamHandle = { readonly [handleBrand]: 'stream' };
 export type NativeEventHandle = { readonly [handleBrand]: 'event' };
+export type NativeMemoryResourceHandle = { readonly [handleBrand]: 'memory-resource' };
 
 export interface NativeCpuInfo {
   logicalCores: number;
@@ -64,8 +65,11 @@ export interface NativeBinding {
   eventQuery(event: NativeEventHandle): boolean;
   eventSynchronize(event: NativeEventHandle): Promise<void>;
 
-  /** Device memory of the stream's device; freed in the stream's order. */
-  allocate(stream: NativeStreamHandle, bytes: number): NativeBufferHandle;
+  /**
+   * Memory of the stream's device from `resource` (default: the device's default resource),
+   * tagged with `category` (index into MEMORY_CATEGORIES; default 'other'); freed in the stream's order.
+   */
+  allocate(stream: NativeStreamHandle, bytes: number, resource?: NativeMemoryResourceHandle | null, category?: number): NativeBufferHandle;
   /** Idempotent. */
   free(buffer: NativeBufferHandle): void;
   fill(dst: NativeBufferHandle, byteOffset: number, dtype: number, n: number, value: number, stream: NativeStreamHandle): void;
@@ -83,6 +87,21 @@ export interface NativeBinding {
   /** Takes the bytes of `data` at once; lands them in the buffer's stream order. */
   upload(data: ArrayBufferView, dst: NativeBufferHandle, dstByteOffset: number): void;
   download(src: NativeBufferHandle, srcByteOffset: number, bytes: number): Promise<ArrayBuffer>;
+
+  defaultMemoryResource(kind: NativeDeviceKind, index: number): NativeMemoryResourceHandle;
+  createMemoryResource(
+    kind: string, deviceKind: NativeDeviceKind, deviceIndex: number,
+    options: { initialBytes?: number; maxBytes?: number; releaseThreshold?: number; limitBytes?: number; upstream?: NativeMemoryResourceHandle },
+  ): NativeMemoryResourceHandle;
+  /** A MemoryReport (lib/memory.ts). */
+  memoryReport(resource: NativeMemoryResourceHandle): unknown;
+  memoryTrim(resource: NativeMemoryResourceHandle): void;
+  /** ns per alloc+free pair for each of `samples` batches of `pairsPerSample`; `resource` null times malloc/free. */
+  timeAllocatorPairs(resource: NativeMemoryResourceHandle | null, stream: NativeStreamHandle, bytes: number, pairsPerSample: number, samples: number): Float64Array;
+  /** Replays an allocation trace (>= 0: allocate into the next slot; < 0: free slot -v-1). */
+  replayAllocatorTrace(
+    resource: NativeMemoryResourceHandle | null, stream: NativeStreamHandle, trace: Float64Array, steadyFrom: number,
+  ): { nsPerOp: number; peakInUse: number; reserved?: number; peakReserved?: number; hasPool?: boolean; steadyUpstreamAllocations?: number };
 }
 
 const packageRoot = path.resolve(__dirname, '..');

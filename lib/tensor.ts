@@ -28,6 +28,7 @@ import {
 } from './dtype';
 import { resolveDevice, type Device, type DeviceSpec } from './device';
 import { DisposedError, InvalidArgumentError } from './errors';
+import { categoryCode, defaultMemoryResource, MemoryResource, type MemoryCategory } from './memory';
 import { native, type NativeBufferHandle } from './native';
 import { Stream } from './stream';
 
@@ -40,6 +41,10 @@ export interface TensorOptions {
   device?: DeviceSpec;
   /** Default: the device's default stream. */
   stream?: Stream;
+  /** Where the bytes come from. Default: the device's default resource (the pool). */
+  memory?: MemoryResource;
+  /** What the bytes are for, in memory reports. Default `'other'`. */
+  category?: MemoryCategory;
 }
 
 /** Memory shared by a tensor and its views; released when the last one lets go. */
@@ -63,12 +68,14 @@ const finalizer = new FinalizationRegistry<Storage>((storage) => storage.release
 
 type Numeric = ArrayLike<number> & { length: number };
 
-function checkShape(shape: unknown, what = 'shape'): number[] {
+// `shown`: the shape as the caller wrote it, for messages (view() passes -1 as 0).
+function checkShape(shape: unknown, what = 'shape', shown?: readonly unknown[]): number[] {
   if (!Array.isArray(shape)) throw new InvalidArgumentError(`Invalid ${what}: expected an array of dimensions, got ${describe(shape)}`);
-  if (shape.length > MAX_DIMS) throw new InvalidArgumentError(`Invalid ${what} [${shape.join(', ')}]: at most ${MAX_DIMS} dimensions are supported`);
+  const text = (shown ?? shape).join(', ');
+  if (shape.length > MAX_DIMS) throw new InvalidArgumentError(`Invalid ${what} [${text}]: at most ${MAX_DIMS} dimensions are supported`);
   for (const d of shape) {
     if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0) {
-      throw new InvalidArgumentError(`Invalid ${what} [${shape.join(', ')}]: every dimension must be a non-negative integer`);
+      throw new InvalidArgumentError(`Invalid ${what} [${text}]: every dimension must be a non-negative integer`);
     }
   }
   return shape.slice();
@@ -129,14 +136,17 @@ const nativeArrayTag: Record<DType, string> = {
   int8: 'Int8Array',
   uint8: 'Uint8Array',
 };
+// The dtype a typed array's values fit without loss (Float64Array: the float32
+// default). Uint16Array (float16/bfloat16 bits) and Uint32Array (no lossless
+// dtype) need an explicit dtype.
 const defaultDTypeOf: Record<string, DType | undefined> = {
   Float32Array: 'float32',
   Float64Array: 'float32',
   Int32Array: 'int32',
+  Int16Array: 'int32',
   Int8Array: 'int8',
   Uint8Array: 'uint8',
-  Int16Array: 'int32',
-  Uint32Array: 'int32',
+  Uint8ClampedArray: 'uint8',
 };
 
 // Converts numbers to dtype storage the way the native cast does (via float32
@@ -193,7 +203,14 @@ export class Tensor {
     const dtype = checkDType(options?.dtype ?? 'float32');
     const stream = resolveStream(options);
     const bytes = checkByteLength(dims, dtype);
-    const handle = native().allocate(stream.handle, bytes);
+    const memory = options?.memory;
+    if (memory !== undefined && !(memory instanceof MemoryResource)) throw new InvalidArgumentError('Invalid options.memory: expected a MemoryResource');
+    if (memory !== undefined && memory.device !== stream.device) {
+      throw new InvalidArgumentError(`options.memory is on ${memory.device} but the tensor is on ${stream.device}`);
+    }
+    const category = options?.category === undefined ? undefined : categoryCode(options.category);
+    const handle = native().allocate(stream.handle, bytes, memory?.handle, category);
+    (memory ?? defaultMemoryResource(stream.device)).noteReservedChange(`${options?.category ?? 'other'} tensor`);
     return new Tensor(new Storage(handle, bytes, stream), dtype, dims, contiguousStrides(dims), 0);
   }
 
@@ -226,7 +243,12 @@ export class Tensor {
     let dtype: DType;
     if (options?.dtype !== undefined) dtype = checkDType(options.dtype);
     else if (tag === 'Uint16Array') throw new InvalidArgumentError('fromArray: a Uint16Array holds float16 or bfloat16 bits; pass { dtype: "float16" } or { dtype: "bfloat16" }');
-    else dtype = (isView ? defaultDTypeOf[tag] : 'float32') ?? 'float32';
+    else if (!isView) dtype = 'float32';
+    else {
+      const implied = defaultDTypeOf[tag];
+      if (!implied) throw new InvalidArgumentError(`fromArray: a ${tag} has no lossless dtype; pass { dtype }`);
+      dtype = implied;
+    }
     if (tag === 'Uint16Array' && nativeArrayTag[dtype] !== 'Uint16Array') {
       throw new InvalidArgumentError(`fromArray: a Uint16Array holds float16 or bfloat16 bits, not ${dtype}`);
     }
@@ -284,47 +306,46 @@ export class Tensor {
 
   /** A contiguous copy on `device` (a view sharing memory if it is already there). */
   to(device: DeviceSpec, options?: { stream?: Stream }): Tensor {
-    const target = options?.stream ?? Stream.default(resolveDevice(device).device);
-    if (options?.stream && resolveDevice(device).device !== target.device) {
+    this.buffer();
+    const stream = options?.stream;
+    if (stream !== undefined && !(stream instanceof Stream)) throw new InvalidArgumentError('Invalid options.stream: expected a Stream');
+    const target = stream ?? Stream.default(resolveDevice(device).device);
+    if (stream && resolveDevice(device).device !== target.device) {
       throw new InvalidArgumentError(`to(${device}): options.stream is on ${target.device}`);
     }
-    if (target.device === this.device && (target === this.stream || !options?.stream)) return this.share();
-    const source = this.isContiguous ? this : this.contiguous();
-    try {
-      const out = Tensor.empty(this.shape, { dtype: this.dtype, stream: target });
-      native().copy(source.buffer(), source.offset * dtypeSize(this.dtype), out.buffer(), 0, this.byteLength);
-      return out;
-    } finally {
-      if (source !== this) source.dispose();
-    }
+    if (target.device === this.device && (target === this.stream || !stream)) return this.share();
+    return this.withContiguousSource((source) =>
+      this.produce({ dtype: this.dtype, stream: target }, (out) =>
+        native().copy(source.buffer(), source.offset * dtypeSize(this.dtype), out.buffer(), 0, this.byteLength),
+      ),
+    );
   }
 
   /** A new tensor of `dtype` (a view sharing memory if the dtype is the same). Rounds to nearest even between floats. */
   cast(dtype: DType): Tensor {
+    this.buffer();
     const to = checkDType(dtype);
     if (to === this.dtype) return this.share();
-    const source = this.isContiguous ? this : this.contiguous();
-    try {
-      const out = Tensor.empty(this.shape, { dtype: to, stream: this.stream });
-      native().cast(
-        source.buffer(), source.offset * dtypeSize(this.dtype), dtypeCode(this.dtype),
-        out.buffer(), 0, dtypeCode(to), this.numel, this.stream.handle,
-      );
-      return out;
-    } finally {
-      if (source !== this) source.dispose();
-    }
+    return this.withContiguousSource((source) =>
+      this.produce({ dtype: to, stream: this.stream }, (out) =>
+        native().cast(
+          source.buffer(), source.offset * dtypeSize(this.dtype), dtypeCode(this.dtype),
+          out.buffer(), 0, dtypeCode(to), this.numel, this.stream.handle,
+        ),
+      ),
+    );
   }
 
   /** A contiguous tensor with the same elements (this tensor, shared, if already contiguous). */
   contiguous(): Tensor {
+    this.buffer();
     if (this.isContiguous) return this.share();
-    const out = Tensor.empty(this.shape, { dtype: this.dtype, stream: this.stream });
-    native().copyStrided(
-      this.buffer(), this.offset * dtypeSize(this.dtype), dtypeSize(this.dtype),
-      this.shape.slice(), this.strides.slice(), out.buffer(), 0, this.stream.handle,
+    return this.produce({ dtype: this.dtype, stream: this.stream }, (out) =>
+      native().copyStrided(
+        this.buffer(), this.offset * dtypeSize(this.dtype), dtypeSize(this.dtype),
+        this.shape.slice(), this.strides.slice(), out.buffer(), 0, this.stream.handle,
+      ),
     );
-    return out;
   }
 
   // ---- views --------------------------------------------------------------------------
@@ -399,6 +420,28 @@ export class Tensor {
     return this.storage.handle;
   }
 
+  /** A new tensor of this shape filled by `fill`; released again if `fill` throws. */
+  private produce(options: TensorOptions, fill: (out: Tensor) => void): Tensor {
+    const out = Tensor.empty(this.shape, options);
+    try {
+      fill(out);
+      return out;
+    } catch (error) {
+      out.dispose();
+      throw error;
+    }
+  }
+
+  /** Runs `body` on this tensor, or on a contiguous copy of it that is released afterwards. */
+  private withContiguousSource<T>(body: (source: Tensor) => T): T {
+    const source = this.isContiguous ? this : this.contiguous();
+    try {
+      return body(source);
+    } finally {
+      if (source !== this) source.dispose();
+    }
+  }
+
   private share(): Tensor {
     return this.withLayout(this.shape.slice(), this.strides.slice(), this.offset);
   }
@@ -412,7 +455,8 @@ export class Tensor {
     if (!Array.isArray(shape)) throw new InvalidArgumentError(`Invalid shape: expected an array of dimensions, got ${describe(shape)}`);
     const inferred = shape.filter((d) => d === -1).length;
     if (inferred > 1) throw new InvalidArgumentError(`Invalid shape [${shape.join(', ')}]: only one dimension can be -1`);
-    const known = checkShape(shape.map((d) => (d === -1 ? 1 : d)));
+    checkShape(shape.map((d) => (d === -1 ? 0 : d)), 'shape', shape);
+    const known = shape.map((d) => (d === -1 ? 1 : d));
     const knownCount = numelOf(known);
     const dims = shape.slice();
     if (inferred === 1) {

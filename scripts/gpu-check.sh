@@ -6,7 +6,7 @@
 # is also written there as gpu-check-<date>.md.
 #
 #   bash scripts/gpu-check.sh                   # build + tests
-#   SANITIZE=1 bash scripts/gpu-check.sh        # + memcheck, racecheck, initcheck, synccheck on the CUDA tests
+#   SANITIZE=1 bash scripts/gpu-check.sh        # + memcheck, racecheck, initcheck, synccheck over the runner
 #   PAGEDLLM_CUDA_ARCHS=90 bash scripts/gpu-check.sh   # build only for the GPU at hand (faster)
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -26,7 +26,7 @@ sanitizer_rows=""
 if [ "${SANITIZE:-0}" = "1" ]; then
   if command -v compute-sanitizer >/dev/null 2>&1; then
     for tool in memcheck racecheck initcheck synccheck; do
-      out=$(compute-sanitizer --tool "$tool" --error-exitcode 99 "$build/pagedllm_tests" cuda_ 2>&1)
+      out=$(compute-sanitizer --tool "$tool" --error-exitcode 99 "$build/pagedllm_tests" 2>&1)
       code=$?
       errors=$(printf '%s\n' "$out" | grep -Eo 'ERROR SUMMARY: [0-9]+ error' | grep -Eo '[0-9]+' | tail -1)
       summary=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, ' | tail -1)

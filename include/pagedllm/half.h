@@ -1,6 +1,7 @@
 // Bit-exact float16 / bfloat16 conversions shared by the CPU and CUDA casts, so
 // both backends produce identical bits for every input (NaN payloads included).
-// Rounding is to nearest, ties to even; NaN stays NaN (quieted, sign kept),
+// Rounding is to nearest, ties to even; NaN stays NaN (sign kept; quieted when
+// narrowing from float32, widening keeps the bits),
 // ±Inf and ±0 are kept, float16 subnormals are produced and read exactly.
 #pragma once
 

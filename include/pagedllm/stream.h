@@ -27,7 +27,9 @@ class Event {
   virtual void synchronize() = 0;
 };
 
-class Stream {
+// Streams are always owned by shared_ptr (create_stream, default_stream): the
+// pool keeps the streams it holds free memory for alive.
+class Stream : public std::enable_shared_from_this<Stream> {
  public:
   virtual ~Stream() = default;
   virtual Device device() const = 0;

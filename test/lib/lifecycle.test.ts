@@ -90,16 +90,19 @@ test('a pending read-back keeps the process alive until it settles', () => {
 test('tensors dropped without dispose are freed by the garbage collector', () => {
   const source = `
     const p = require(${dist});
-    const before = process.memoryUsage().arrayBuffers + process.memoryUsage().external;
+    const before = p.memoryReport('cpu').total.current;
     for (let i = 0; i < 200; i++) p.Tensor.zeros([1 << 20]);   // 200 x 4 MiB, never disposed
+    const peak = p.memoryReport('cpu').total.current - before;
     p.Stream.default('cpu').synchronize().then(async () => {
       for (let i = 0; i < 5; i++) { global.gc(); await new Promise((r) => setTimeout(r, 20)); }
-      await p.Stream.default('cpu').synchronize();
-      const rss = process.memoryUsage().rss;
-      console.log(JSON.stringify({ rssMiB: Math.round(rss / 2 ** 20) }));
+      const after = p.memoryReport('cpu').total.current - before;
+      console.log(JSON.stringify({ peak, after }));
     });`;
   const r = runChild(source, ['--expose-gc']);
   expect(r.status).toBe(0);
-  // 800 MiB were allocated and touched; after GC the process must be far below that.
-  expect(JSON.parse(r.stdout).rssMiB).toBeLessThan(400);
+  const { peak, after } = JSON.parse(r.stdout);
+  // The garbage collector runs between allocations too; what matters is that
+  // most of the 800 MiB went back to the pool once the tensors were unreachable.
+  expect(peak).toBeGreaterThan(0);
+  expect(after).toBeLessThan(64 * 2 ** 20);
 });

@@ -251,7 +251,7 @@ describe('streams', () => {
   });
 });
 
-// KNOWN BUG (reported, not fixed): memory is freed in the order of the stream it
+// Regression (a bug this suite found, now fixed): memory is freed in the order of the stream it
 // was allocated on only. Tensor.to(device, { stream }) onto another CPU stream
 // queues the copy on the destination stream (after an event on the source
 // stream), but the source's memory can then be freed on the source stream before
@@ -262,8 +262,8 @@ describe('streams', () => {
 // Each child keeps the destination stream B busy, lets the source stream A run
 // its frees, then allocates a tensor of the same size on A and fills it with 9,
 // so the freed memory is either unmapped (SIGSEGV) or reused (9s in the copy),
-// whichever the allocator does. They run in child processes, assert the correct
-// outcome, and are marked failing while the bug exists.
+// whichever the allocator does. They run in child processes and assert the correct
+// outcome.
 describe('cross-stream copies and memory lifetime (child processes)', () => {
   beforeAll(() => ensureDist());
 
@@ -299,14 +299,14 @@ describe('cross-stream copies and memory lifetime (child processes)', () => {
     );
   });
 
-  test.failing('KNOWN BUG: disposing the source right after to(other stream) does not corrupt the copy', () => {
+  test('disposing the source right after to(other stream) does not corrupt the copy', () => {
     expectCorrect(
       runChild(scenario(`const x = PKG.Tensor.full([1 << 24], 7, { stream: A }); const y = x.to('cpu', { stream: B }); x.dispose();`, '[1 << 24]')),
       1 << 24,
     );
   });
 
-  test.failing('KNOWN BUG: to(other stream) of a non-contiguous tensor copies the right values', () => {
+  test('to(other stream) of a non-contiguous tensor copies the right values', () => {
     expectCorrect(
       runChild(scenario(`const x = PKG.Tensor.full([4096, 8192], 7, { stream: A }); const y = x.slice(1, 0, 4096).to('cpu', { stream: B });`, '[4096, 4096]')),
       4096 * 4096,

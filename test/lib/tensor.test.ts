@@ -183,6 +183,12 @@ describe('construction', () => {
     expect(await read(1 + 2 ** -11 + 2 ** -40, 'float16')).toEqual([0x3c00]); // via float32: a tie, to even
   });
 
+  test('fromArray: a Uint32Array (no lossless dtype) needs an explicit dtype', () => {
+    expect(() => Tensor.fromArray(new Uint32Array([1, 4000000000]))).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT', message: 'fromArray: a Uint32Array has no lossless dtype; pass { dtype }' }),
+    );
+  });
+
   test('fromArray: default dtype from the array kind, and the data round-trips', async () => {
     const cases: [ArrayLike<number>, DType][] = [
       [new Float32Array([1.5, -2, 3]), 'float32'],
@@ -191,7 +197,7 @@ describe('construction', () => {
       [new Int8Array([1, -2, -128]), 'int8'],
       [new Uint8Array([1, 2, 255]), 'uint8'],
       [new Int16Array([1, -2, -32768]), 'int32'],
-      [new Uint32Array([1, 2, 4000000000]), 'int32'],
+      [new Uint8ClampedArray([1, 2, 255]), 'uint8'],
       [[1.5, -2, 3], 'float32'],
     ];
     for (const [data, dtype] of cases) {
@@ -405,7 +411,7 @@ describe('views', () => {
     const other = Stream.create('cpu');
     const moved = track(s3.to('cpu', { stream: other }));
     expect([moved.stream, moved.shape, moved.offset, moved.strides]).toEqual([other, ref.shape, 0, contiguousStrides(ref.shape)]);
-    // (its values: see the KNOWN BUG note below)
+    // (its values: see the regression note below)
   });
 
   /** Keeps `stream` busy for a while (a few large casts), so that what is enqueued next on it runs late. */
@@ -415,12 +421,12 @@ describe('views', () => {
     big.dispose();
   }
 
-  // KNOWN BUG (see stream.test.ts, which reproduces it in a child process): to()
+  // Regression (see stream.test.ts, which reproduces it in a child process): to()
   // of a non-contiguous tensor onto another stream frees its temporary contiguous
   // copy on the source stream before the destination stream has copied from it.
   // Here only the path that does not trigger it is checked for values.
   test('to(another stream) of a packed copy of a nested slice', async () => {
-    // contiguous() first, held until the copy ran (the KNOWN BUG's trigger avoided).
+    // contiguous() first, held until the copy ran (the old bug's trigger avoided).
     const shape = [3, 4, 5];
     const data = Array.from(arange(60)).map((x) => x - 30);
     const t = track(Tensor.fromArray(Int32Array.from(data), shape));
@@ -711,7 +717,7 @@ describe('8-dim tensors', () => {
     expectValuesEqual(Array.from(await s.toArray()), ref.data, '8-dim slices', s.shape);
     expectValuesEqual(Array.from(await track(s.contiguous()).toArray()), ref.data, '8-dim contiguous()', s.shape);
     expectValuesEqual(Array.from(await track(s.cast('int32')).toArray()), ref.data, '8-dim cast', s.shape);
-    // (to() of the non-contiguous `s` onto another stream hits the KNOWN BUG noted above; the contiguous path:)
+    // (to() of the non-contiguous `s` onto another stream is covered by the regression test in stream.test.ts; the contiguous path:)
     const moved = track(t.to('cpu', { stream: Stream.create('cpu') }));
     expect(moved.shape).toEqual(shape);
     expectValuesEqual(Array.from(await moved.toArray()), data, '8-dim to()', shape);

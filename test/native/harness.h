@@ -4,6 +4,7 @@
 // runner prints one line per test and ends with "N passed, N failed, N skipped".
 #pragma once
 
+#include <functional>
 #include <sstream>
 #include <string>
 #include <vector>
@@ -11,12 +12,12 @@
 namespace test {
 
 struct Case {
-  const char* name;
-  void (*fn)();
+  std::string name;
+  std::function<void()> fn;
 };
 std::vector<Case>& registry();
 struct Register {
-  Register(const char* name, void (*fn)()) { registry().push_back({name, fn}); }
+  Register(std::string name, std::function<void()> fn) { registry().push_back({std::move(name), std::move(fn)}); }
 };
 
 struct Failure {

@@ -17,7 +17,7 @@ int main(int argc, char** argv) {
   const char* filter = argc > 1 ? argv[1] : nullptr;
   int passed = 0, failed = 0, skipped = 0;
   for (const test::Case& c : test::registry()) {
-    if (filter && std::string(c.name).find(filter) == std::string::npos) continue;
+    if (filter && c.name.find(filter) == std::string::npos) continue;
     const auto start = std::chrono::steady_clock::now();
     std::string status = "PASS", detail;
     try {
@@ -33,7 +33,7 @@ int main(int argc, char** argv) {
       status = "FAIL", detail = std::string("exception: ") + e.what(), ++failed;
     }
     const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - start).count();
-    std::printf("%s %s (%.1f ms)%s%s\n", status.c_str(), c.name, ms, detail.empty() ? "" : ": ", detail.c_str());
+    std::printf("%s %s (%.1f ms)%s%s\n", status.c_str(), c.name.c_str(), ms, detail.empty() ? "" : ": ", detail.c_str());
     std::fflush(stdout);
   }
   std::printf("%d passed, %d failed, %d skipped\n", passed, failed, skipped);

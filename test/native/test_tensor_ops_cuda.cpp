@@ -24,9 +24,9 @@ void require_cuda() {
 // Device memory freed (stream-ordered) when it goes out of scope.
 struct DeviceBuffer {
   DeviceBuffer(size_t n, std::shared_ptr<Stream> s) : bytes(n), stream(std::move(s)) {
-    ptr = default_memory_resource(stream->device()).allocate(bytes, *stream);
+    ptr = default_memory_resource(stream->device())->allocate(bytes, *stream);
   }
-  ~DeviceBuffer() { default_memory_resource(stream->device()).deallocate(ptr, bytes, *stream); }
+  ~DeviceBuffer() { default_memory_resource(stream->device())->deallocate(ptr, bytes, *stream); }
   size_t bytes;
   std::shared_ptr<Stream> stream;
   void* ptr;
