@@ -59,9 +59,11 @@ function contenders(): { list: Contender[]; cudaNote: string | null } {
  * A decode-shaped trace for a Llama-2-7B-like model (hidden 4096, 32 layers,
  * intermediate 11008, vocab 32000, fp16 activations): per step a batch size,
  * per layer the QKV, attention output, split-K workspace, gate/up/down MLP
- * activations (freed as the layer goes), then the logits. The first step runs
- * at the largest batch (what an engine's profiling step does); later steps
- * draw batch sizes at random. Returns the ops and where the steady state begins.
+ * activations (freed as the layer goes), then fp32 logits, the sampler's
+ * probabilities and the sampled ids, all freed once the step has sampled. The
+ * first step runs at the largest batch and split (what an engine's profiling
+ * step does); later steps draw batch sizes and splits at random. Returns the
+ * ops and where the steady state begins (the second step).
  */
 function decodeTrace(steps: number, seed: number): { trace: Float64Array; steadyFrom: number } {
   let state = seed >>> 0;
@@ -78,11 +80,10 @@ function decodeTrace(steps: number, seed: number): { trace: Float64Array; steady
   };
   const free = (slot: number): void => void ops.push(-slot - 1);
   let steadyFrom = 0;
-  let logits = -1;
   for (let step = 0; step < steps; step++) {
     if (step === 1) steadyFrom = ops.length;
     const batch = step === 0 ? maxBatch : 1 + Math.floor(random() * maxBatch);
-    const partitions = 1 + Math.floor(random() * 8); // split-K partitions vary with context length
+    const partitions = step === 0 ? 8 : 1 + Math.floor(random() * 8); // split-K partitions vary with context length
     let residual = alloc(batch * hidden * 2);
     for (let layer = 0; layer < layers; layer++) {
       const normed = alloc(batch * hidden * 2);
@@ -104,11 +105,14 @@ function decodeTrace(steps: number, seed: number): { trace: Float64Array; steady
       free(residual);
       residual = down;
     }
-    if (logits >= 0) free(logits);
-    logits = alloc(batch * vocab * 4);
+    const logits = alloc(batch * vocab * 4);
     free(residual);
+    const probs = alloc(batch * vocab * 4);
+    const ids = alloc(batch * 4);
+    free(probs);
+    free(logits);
+    free(ids);
   }
-  free(logits);
   return { trace: Float64Array.from(ops), steadyFrom };
 }
 

@@ -129,7 +129,8 @@ describe('PAGEDLLM_DEVICE (child processes)', () => {
   beforeAll(() => ensureDist());
 
   const selectedExpr = `(() => { const r = PKG.devices(); return { selected: r.selected, reason: r.selectionReason, defaultDevice: PKG.defaultDevice(), tensorDevice: PKG.Tensor.zeros([1]).device }; })()`;
-  const env = (value: string | undefined) => ({ PAGEDLLM_DEVICE: value, PAGEDLLM_ADDON: undefined });
+  // Children load the same binary as this process (PAGEDLLM_ADDON is kept: the variant builds set it).
+  const env = (value: string | undefined) => ({ PAGEDLLM_DEVICE: value });
 
   test('unset, empty and "auto" pick the automatic choice', () => {
     for (const value of [undefined, '', 'auto']) {
