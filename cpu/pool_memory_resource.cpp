@@ -86,9 +86,18 @@ class PoolMemoryResource final : public MemoryResource {
   }
 
   void trim() override {
-    std::vector<std::shared_ptr<Stream>> released;
+    std::vector<std::shared_ptr<Stream>> released;  // destroyed after the lock is released
     std::lock_guard<std::mutex> lock(mutex_);
     release_free_chunks(SIZE_MAX);
+    for (auto it = lists_.begin(); it != lists_.end();) {  // let go of orphaned streams with nothing left
+      if (orphaned(*it->second) && it->second->by_address.empty()) {
+        released.push_back(std::move(it->second->stream));
+        if (last_stream_ == it->first) last_stream_ = nullptr, last_list_ = nullptr;
+        it = lists_.erase(it);
+      } else {
+        ++it;
+      }
+    }
   }
 
  private:
@@ -264,9 +273,15 @@ class PoolMemoryResource final : public MemoryResource {
 
   static size_t largest(const FreeList& list) { return list.by_size.empty() ? 0 : list.by_size.rbegin()->first; }
 
+  // True when only this pool still holds the list's stream: nobody can queue
+  // work on it any more, so its free memory should not stay parked there (and
+  // the stream, a worker thread on the CPU, should be let go).
+  static bool orphaned(const FreeList& list) { return list.stream.use_count() == 1; }
+
   // Moves other streams' free memory into `to`, ordering `stream` after their
   // queued work. First a single stream that holds a fitting extent; failing
-  // that, all of them (coalescing may then make room).
+  // that, all of them (coalescing may then make room). Orphaned streams' lists
+  // are always taken.
   bool steal(FreeList& to, Stream& stream, size_t rounded, std::vector<std::shared_ptr<Stream>>& released) {
     if (lists_.size() < 2) return false;
     FreeList* fitting = nullptr;
@@ -280,8 +295,8 @@ class PoolMemoryResource final : public MemoryResource {
     if (fitting == nullptr && other_free == 0) return false;
     std::vector<Stream*> victims;
     for (auto& [key, other] : lists_) {
-      if (other.get() == &to || other->by_address.empty()) continue;
-      if (fitting != nullptr && other.get() != fitting) continue;
+      if (other.get() == &to) continue;
+      if (!orphaned(*other) && (other->by_address.empty() || (fitting != nullptr && other.get() != fitting))) continue;
       victims.push_back(key);
     }
     for (Stream* key : victims) {

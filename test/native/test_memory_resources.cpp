@@ -290,3 +290,27 @@ TEST(memory_pool_steady_state_makes_no_upstream_allocations) {
   CHECK(after.upstream_allocations == warm.upstream_allocations);
   CHECK(after.pool_reserved == warm.pool_reserved);
 }
+
+TEST(memory_pool_lets_go_of_streams_nobody_else_holds) {
+  MemoryResourcePtr pool = make_pool_resource(make_host_resource(), 0, 0);
+  std::weak_ptr<Stream> watch;
+  {
+    auto temporary = create_stream(Device{DeviceKind::Cpu, 0});
+    watch = temporary;
+    void* p = pool->allocate(1 << 20, *temporary);
+    pool->deallocate(p, 1 << 20, *temporary);
+  }
+  CHECK(!watch.expired(), "the pool holds the stream its free memory belongs to");
+  auto s = default_stream(Device{DeviceKind::Cpu, 0});
+  void* q = pool->allocate(3 << 20, *s);  // misses: the orphaned stream's memory is taken over, the stream let go
+  CHECK(watch.expired(), "an orphaned stream must be released when its memory is taken over");
+  pool->deallocate(q, 3 << 20, *s);
+  {
+    auto temporary = create_stream(Device{DeviceKind::Cpu, 0});
+    watch = temporary;
+    pool->deallocate(pool->allocate(5 << 20, *temporary), 5 << 20, *temporary);
+  }
+  pool->trim();
+  CHECK(watch.expired(), "trim() must release an orphaned stream whose chunks went back");
+  s->synchronize();
+}
