@@ -118,7 +118,7 @@ function decodeTrace(steps: number, seed: number): { trace: Float64Array; steady
 
 function gitCommit(): string {
   try {
-    return execSync('git rev-parse --short HEAD', { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
+    return execSync('git describe --always --dirty --abbrev=7', { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
   } catch {
     return process.env.PAGEDLLM_COMMIT ?? 'unknown';
   }

@@ -40,7 +40,7 @@ if [ "${SANITIZE:-0}" = "1" ]; then
 fi
 
 device=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
-commit=${PAGEDLLM_COMMIT:-$(git rev-parse --short HEAD 2>/dev/null || echo unknown)}
+commit=${PAGEDLLM_COMMIT:-$(git describe --always --dirty --abbrev=7 2>/dev/null || echo unknown)}
 report=$(
   echo "# gpu-check"
   echo
