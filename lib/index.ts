@@ -12,6 +12,8 @@ export type { Device, DeviceSpec, DevicesReport, CpuDeviceInfo, CudaDeviceInfo, 
 export { Tensor, MAX_DIMS } from './tensor';
 export type { TensorOptions } from './tensor';
 export { Stream, StreamEvent } from './stream';
+export { planMemory, estimateWeightsBytes, estimateActivationBytes, kvBytesPerToken } from './planner';
+export type { MemoryPlan, MemoryBudget, ModelConfig, PlanOptions, KvDType, WeightsDType } from './planner';
 export { createMemoryResource, defaultMemoryResource, memoryReport, MemoryResource, MEMORY_CATEGORIES } from './memory';
 export type { MemoryCategory, MemoryReport, MemoryResourceKind, MemoryResourceOptions, UsageCounters } from './memory';
 export {
