@@ -1,6 +1,11 @@
 // planMemory against the worked numbers of formats.md §4 (TensorRT-LLM and
 // vLLM semantics side by side), the weight counts of real checkpoints, and
 // its errors.
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+
 import { estimateActivationBytes, estimateWeightsBytes, kvBytesPerToken, planMemory, type ModelConfig } from '../../lib/planner';
 
 const GiB = 2 ** 30;
@@ -184,14 +189,8 @@ describe('other budgets, feasibility and validation', () => {
 });
 
 describe('pagedllm plan (CLI)', () => {
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const { spawnSync } = require('node:child_process') as typeof import('node:child_process');
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const fs = require('node:fs') as typeof import('node:fs');
-  // eslint-disable-next-line @typescript-eslint/no-require-imports
-  const path = require('node:path') as typeof import('node:path');
   const cli = path.resolve(__dirname, '..', '..', 'dist', 'cli.js');
-  const configFile = path.join(require('node:os').tmpdir(), `pagedllm-plan-${process.pid}.json`);
+  const configFile = path.join(os.tmpdir(), `pagedllm-plan-${process.pid}.json`);
   beforeAll(() => fs.writeFileSync(configFile, JSON.stringify(llama2_7b)));
   afterAll(() => fs.rmSync(configFile, { force: true }));
   const run = (...args: string[]) => spawnSync(process.execPath, [cli, 'plan', '--config', configFile, ...args], { encoding: 'utf8' });
