@@ -144,5 +144,6 @@ void init_devices(Napi::Env env, Napi::Object exports);
 void init_streams(Napi::Env env, Napi::Object exports);
 void init_tensor_ops(Napi::Env env, Napi::Object exports);
 void init_memory(Napi::Env env, Napi::Object exports);
+void init_cache_ops(Napi::Env env, Napi::Object exports);
 
 }  // namespace pagedllm::addon

@@ -88,6 +88,19 @@ export interface NativeBinding {
   upload(data: ArrayBufferView, dst: NativeBufferHandle, dstByteOffset: number): void;
   download(src: NativeBufferHandle, srcByteOffset: number, bytes: number): Promise<ArrayBuffer>;
 
+  /** KV-cache ops (include/pagedllm/paged_kv.h); each buffer is (handle, byteOffset); scales null for float caches. */
+  writeKv(
+    key: NativeBufferHandle, keyOffset: number, value: NativeBufferHandle, valueOffset: number, inputDtype: number,
+    slots: NativeBufferHandle, slotsOffset: number, numTokens: number,
+    keyCache: NativeBufferHandle, keyCacheOffset: number, valueCache: NativeBufferHandle, valueCacheOffset: number,
+    keyScales: NativeBufferHandle | null, keyScalesOffset: number, valueScales: NativeBufferHandle | null, valueScalesOffset: number,
+    cacheDtype: number, shape: { numBlocks: number; numKvHeads: number; blockSize: number; headSize: number }, stream: NativeStreamHandle,
+  ): void;
+  copyBlocks(
+    cache: NativeBufferHandle, cacheOffset: number, scales: NativeBufferHandle | null, scalesOffset: number, cacheDtype: number,
+    shape: { numBlocks: number; numKvHeads: number; blockSize: number; headSize: number }, pairs: Int32Array, stream: NativeStreamHandle,
+  ): void;
+
   defaultMemoryResource(kind: NativeDeviceKind, index: number): NativeMemoryResourceHandle;
   createMemoryResource(
     kind: string, deviceKind: NativeDeviceKind, deviceIndex: number,

@@ -415,6 +415,11 @@ export class Tensor {
 
   // ---- internals ----------------------------------------------------------------------
 
+  /** @internal The binding's view of this tensor: its memory and the byte offset of its first element. */
+  nativeRegion(): [NativeBufferHandle, number] {
+    return [this.buffer(), this.offset * dtypeSize(this.dtype)];
+  }
+
   private buffer(): NativeBufferHandle {
     if (!this.storage) throw new DisposedError(`${this.toString()} has been disposed`);
     return this.storage.handle;
