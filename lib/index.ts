@@ -12,6 +12,8 @@ export type { Device, DeviceSpec, DevicesReport, CpuDeviceInfo, CudaDeviceInfo, 
 export { Tensor, MAX_DIMS } from './tensor';
 export type { TensorOptions } from './tensor';
 export { Stream, StreamEvent } from './stream';
+export { KvCache } from './kv-cache';
+export type { KvCacheDType, KvCacheLayer, KvCacheOptions } from './kv-cache';
 export { planMemory, estimateWeightsBytes, estimateActivationBytes, kvBytesPerToken } from './planner';
 export type { MemoryPlan, MemoryBudget, ModelConfig, PlanOptions, KvDType, WeightsDType } from './planner';
 export { createMemoryResource, defaultMemoryResource, memoryReport, MemoryResource, MEMORY_CATEGORIES } from './memory';
@@ -38,3 +40,15 @@ export {
   InternalError,
 } from './errors';
 export type { ErrorCode } from './errors';
+export { BlockManager, NULL_BLOCK } from './block-manager';
+export type {
+  AllocateSlotsOptions,
+  AllocationStatus,
+  BlockCopy,
+  BlockManagerOptions,
+  BlockManagerSnapshot,
+  BlockManagerStats,
+  SequenceId,
+  SequenceLocation,
+  SlotAllocation,
+} from './block-manager';
