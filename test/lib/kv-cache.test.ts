@@ -145,3 +145,28 @@ test('a slot beyond the cache is reported at the next synchronisation (CPU)', as
   await expect(cache.stream.synchronize()).rejects.toMatchObject({ code: 'ERR_INVALID_ARGUMENT', message: 'write_kv: slot 24 of token 0 is outside the cache (24 slots)' });
   cache.dispose();
 });
+
+test('swapBlocksFrom copies blocks between caches on different streams (device <-> host pool)', async () => {
+  const { Stream, createMemoryResource } = await import('../../lib');
+  const device = new KvCache({ ...shape, kvDtype: 'int8' });
+  const host = new KvCache({ ...shape, numBlocks: 3, kvDtype: 'int8', stream: Stream.create('cpu'), memory: createMemoryResource({ kind: 'pinned-host' }) });
+  const kv = Tensor.fromArray(Array.from({ length: 4 * 2 * 8 }, (_, i) => Math.sin(i)), [4, 2, 8]);
+  const slots = Tensor.fromArray(new Int32Array([8, 9, 10, 11])); // block 2
+  for (let l = 0; l < shape.numLayers; l++) device.writeKv(l, kv, kv, slots);
+  host.swapBlocksFrom(device, [[2, 1]]); // swap out
+  const back = new KvCache({ ...shape, kvDtype: 'int8' });
+  back.swapBlocksFrom(host, [[1, 5]]); // swap in elsewhere
+  const blockLen = shape.numKvHeads * shape.blockSize * shape.headSize;
+  for (let l = 0; l < shape.numLayers; l++) {
+    const want = Array.from(await device.layers[l]!.key.toArray()).slice(2 * blockLen, 3 * blockLen);
+    const got = Array.from(await back.layers[l]!.key.toArray()).slice(5 * blockLen, 6 * blockLen);
+    expect(got).toEqual(want);
+    const ws = Array.from(await device.layers[l]!.valueScales!.toArray()).slice(2 * 8, 3 * 8);
+    const gs = Array.from(await back.layers[l]!.valueScales!.toArray()).slice(5 * 8, 6 * 8);
+    expect(gs).toEqual(ws);
+  }
+  expect(() => back.swapBlocksFrom(host, [[3, 0]])).toThrow(expect.objectContaining({ message: 'swapBlocksFrom: block 3 is outside the source (3 blocks)' }));
+  for (const x of [device, host, back]) x.dispose();
+  kv.dispose();
+  slots.dispose();
+});
