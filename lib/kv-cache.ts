@@ -21,6 +21,7 @@ import { resolveDevice, type Device, type DeviceSpec } from './device';
 import { dtypeCode, type DType } from './dtype';
 import { DisposedError, InvalidArgumentError } from './errors';
 import { type MemoryResource } from './memory';
+import { type MemoryPlan, type ModelConfig } from './planner';
 import { native, type NativeBufferHandle } from './native';
 import { Stream } from './stream';
 import { Tensor } from './tensor';
@@ -112,6 +113,23 @@ export class KvCache {
       throw error;
     }
     this.layerTensors = layers;
+  }
+
+  /**
+   * The cache a plan sized: layers, KV heads and head size from the model's config, blocks,
+   * block size and dtype from the plan.
+   */
+  static fromPlan(plan: MemoryPlan, config: ModelConfig, options: { device?: DeviceSpec; stream?: Stream; memory?: MemoryResource } = {}): KvCache {
+    const heads = config.num_attention_heads;
+    return new KvCache({
+      numLayers: config.num_hidden_layers,
+      numBlocks: plan.numBlocks,
+      numKvHeads: config.num_key_value_heads ?? heads,
+      blockSize: plan.blockSize,
+      headSize: config.head_dim ?? config.hidden_size / heads,
+      kvDtype: plan.kvDtype,
+      ...options,
+    });
   }
 
   /** Bytes of all layers' caches and scales. */

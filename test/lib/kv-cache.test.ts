@@ -170,3 +170,13 @@ test('swapBlocksFrom copies blocks between caches on different streams (device <
   kv.dispose();
   slots.dispose();
 });
+
+test('fromPlan allocates exactly the planned KV bytes', async () => {
+  const { planMemory } = await import('../../lib');
+  const config = { hidden_size: 256, intermediate_size: 512, num_hidden_layers: 3, num_attention_heads: 4, num_key_value_heads: 2, vocab_size: 1000, max_position_embeddings: 256 };
+  const plan = planMemory({ modelConfig: config, deviceMemory: { totalBytes: 2 ** 30 }, kvDtype: 'bfloat16', budget: { numBlocks: 40 } });
+  const cache = KvCache.fromPlan(plan, config);
+  expect([cache.numLayers, cache.numKvHeads, cache.headSize, cache.numBlocks, cache.blockSize, cache.kvDtype]).toEqual([3, 2, 64, 40, 16, 'bfloat16']);
+  expect(cache.byteLength).toBe(plan.kvCacheBytes);
+  cache.dispose();
+});
