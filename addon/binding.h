@@ -84,6 +84,14 @@ int64_t arg_int(const Napi::CallbackInfo& info, size_t i, const char* name);
 double arg_number(const Napi::CallbackInfo& info, size_t i, const char* name);
 Device arg_device(const Napi::CallbackInfo& info, size_t kind_index);
 
+// The wrapped object at info[i], if it carries `tag`; ERR_INVALID_ARGUMENT ("expected a native <what> handle") otherwise.
+template <typename T>
+T& unwrap_tagged(const Napi::CallbackInfo& info, size_t i, const napi_type_tag& tag, const char* what) {
+  if (i >= info.Length() || !info[i].IsObject() || !info[i].As<Napi::Object>().CheckTypeTag(&tag))
+    throw make_error(info.Env(), "ERR_INVALID_ARGUMENT", std::string("expected a native ") + what + " handle");
+  return *T::Unwrap(info[i].As<Napi::Object>());
+}
+
 // ---- handles --------------------------------------------------------------------------
 
 class NativeStream : public Napi::ObjectWrap<NativeStream> {

@@ -31,9 +31,7 @@ Napi::Object NativeMemoryResource::Wrap(Napi::Env env, MemoryResourcePtr resourc
 }
 
 NativeMemoryResource& NativeMemoryResource::From(const Napi::CallbackInfo& info, size_t i) {
-  if (i >= info.Length() || !info[i].IsObject() || !info[i].As<Napi::Object>().CheckTypeTag(&kResourceTag))
-    throw make_error(info.Env(), "ERR_INVALID_ARGUMENT", "expected a native memory resource handle");
-  return *Unwrap(info[i].As<Napi::Object>());
+  return unwrap_tagged<NativeMemoryResource>(info, i, kResourceTag, "memory resource");
 }
 
 // ---- reports --------------------------------------------------------------------------

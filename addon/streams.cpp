@@ -9,13 +9,6 @@ namespace {
 constexpr napi_type_tag kStreamTag = {0x6d2b6b0f6e2a4c11ULL, 0x9a1f5c4e8b7d3a21ULL};
 constexpr napi_type_tag kEventTag = {0x1c8e4a7b5d3f2e60ULL, 0x7b2d9e1a4c6f8b32ULL};
 
-template <typename T>
-T& unwrap_tagged(const Napi::CallbackInfo& info, size_t i, const napi_type_tag& tag, const char* what) {
-  if (i >= info.Length() || !info[i].IsObject() || !info[i].As<Napi::Object>().CheckTypeTag(&tag))
-    throw make_error(info.Env(), "ERR_INVALID_ARGUMENT", std::string("expected a native ") + what + " handle");
-  return *T::Unwrap(info[i].As<Napi::Object>());
-}
-
 void reject_js_construction(const Napi::CallbackInfo& info, const char* what) {
   if (info.Length() < 1 || !info[0].IsExternal())
     throw make_error(info.Env(), "ERR_INVALID_ARGUMENT", std::string(what) + " handles are created by pagedllm only");

@@ -73,9 +73,7 @@ void NativeBuffer::Finalize(Napi::Env env) {
 }
 
 NativeBuffer& NativeBuffer::From(const Napi::CallbackInfo& info, size_t i, size_t offset, size_t extent) {
-  if (i >= info.Length() || !info[i].IsObject() || !info[i].As<Napi::Object>().CheckTypeTag(&kBufferTag))
-    throw make_error(info.Env(), "ERR_INVALID_ARGUMENT", "expected a native buffer handle");
-  NativeBuffer& buffer = *Unwrap(info[i].As<Napi::Object>());
+  NativeBuffer& buffer = unwrap_tagged<NativeBuffer>(info, i, kBufferTag, "buffer");
   if (buffer.freed) throw make_error(info.Env(), "ERR_DISPOSED", "the tensor's memory has been released");
   if (offset > buffer.bytes || extent > buffer.bytes - offset)
     throw make_error(info.Env(), "ERR_INVALID_ARGUMENT",
@@ -118,9 +116,7 @@ Napi::Value Allocate(const Napi::CallbackInfo& info) {
 
 // free(buffer): idempotent.
 Napi::Value Free(const Napi::CallbackInfo& info) {
-  if (info.Length() < 1 || !info[0].IsObject() || !info[0].As<Napi::Object>().CheckTypeTag(&kBufferTag))
-    throw make_error(info.Env(), "ERR_INVALID_ARGUMENT", "expected a native buffer handle");
-  NativeBuffer::Unwrap(info[0].As<Napi::Object>())->Free(info.Env());
+  unwrap_tagged<NativeBuffer>(info, 0, kBufferTag, "buffer").Free(info.Env());
   return info.Env().Undefined();
 }
 

@@ -202,6 +202,15 @@ export function memoryReport(target?: DeviceSpec | MemoryResource): MemoryReport
   return (target instanceof MemoryResource ? target : defaultMemoryResource(target)).report();
 }
 
+/**
+ * @internal After an allocation from `memory` (or, when undefined, the device's default
+ * resource): logs a reserved-memory change if that resource has a logger. A Map look-up,
+ * no device parsing: it runs on every tensor allocation.
+ */
+export function noteAllocation(memory: MemoryResource | undefined, device: Device, cause: string): void {
+  (memory ?? defaults.get(device))?.noteReservedChange(cause);
+}
+
 /** @internal */
 export function categoryCode(category: unknown): number {
   const index = MEMORY_CATEGORIES.indexOf(category as MemoryCategory);

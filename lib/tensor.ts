@@ -28,7 +28,7 @@ import {
 } from './dtype';
 import { resolveDevice, type Device, type DeviceSpec } from './device';
 import { DisposedError, InvalidArgumentError } from './errors';
-import { categoryCode, defaultMemoryResource, MemoryResource, type MemoryCategory } from './memory';
+import { categoryCode, MemoryResource, noteAllocation, type MemoryCategory } from './memory';
 import { native, type NativeBufferHandle } from './native';
 import { Stream } from './stream';
 
@@ -210,7 +210,7 @@ export class Tensor {
     }
     const category = options?.category === undefined ? undefined : categoryCode(options.category);
     const handle = native().allocate(stream.handle, bytes, memory?.handle, category);
-    (memory ?? defaultMemoryResource(stream.device)).noteReservedChange(`${options?.category ?? 'other'} tensor`);
+    noteAllocation(memory, stream.device, `${options?.category ?? 'other'} tensor`);
     return new Tensor(new Storage(handle, bytes, stream), dtype, dims, contiguousStrides(dims), 0);
   }
 
