@@ -8,6 +8,7 @@
 #   bash scripts/gpu-check.sh                   # build + tests
 #   SANITIZE=1 bash scripts/gpu-check.sh        # + memcheck, racecheck, initcheck, synccheck over the runner
 #   PAGEDLLM_CUDA_ARCHS=90 bash scripts/gpu-check.sh   # build only for the GPU at hand (faster)
+#   SANITIZER_TIMEOUT=240                        # seconds per sanitizer tool (exit 124 when exceeded)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build-gpu-check}
@@ -26,7 +27,7 @@ sanitizer_rows=""
 if [ "${SANITIZE:-0}" = "1" ]; then
   if command -v compute-sanitizer >/dev/null 2>&1; then
     for tool in memcheck racecheck initcheck synccheck; do
-      out=$(compute-sanitizer --tool "$tool" --error-exitcode 99 "$build/pagedllm_tests" 2>&1)
+      out=$(timeout "${SANITIZER_TIMEOUT:-240}" compute-sanitizer --tool "$tool" --error-exitcode 99 "$build/pagedllm_tests" 2>&1)
       code=$?
       errors=$(printf '%s\n' "$out" | grep -Eo 'ERROR SUMMARY: [0-9]+ error' | grep -Eo '[0-9]+' | tail -1)
       summary=$(printf '%s\n' "$out" | grep -E '^[0-9]+ passed, ' | tail -1)
