@@ -3,6 +3,7 @@
 #include "pagedllm/device.h"
 #include "pagedllm/error.h"
 #include "pagedllm/memory_resource.h"
+#include "pagedllm/paged_attention.h"
 #include "pagedllm/paged_kv.h"
 #include "pagedllm/tensor_ops.h"
 
@@ -49,6 +50,8 @@ MemoryResourcePtr make_pinned_host_resource() {
 void cuda_memory_info(int, uint64_t* free_bytes, uint64_t* total_bytes) { *free_bytes = *total_bytes = 0; }
 void write_kv_cuda(const WriteKvArgs&, Stream&) { no_cuda(); }
 void copy_blocks_cuda(const CopyBlocksArgs&, Stream&) { no_cuda(); }
+void paged_attention_decode_cuda(const PagedAttentionArgs&, Stream&) { no_cuda(); }
+void paged_attention_prefill_cuda(const PagedAttentionArgs&, Stream&) { no_cuda(); }
 void fill_cuda(void*, DType, size_t, double, Stream&) { no_cuda(); }
 void cast_cuda(const void*, DType, void*, DType, size_t, Stream&) { no_cuda(); }
 void copy_strided_cuda(const void*, const StridedLayout&, size_t, void*, Stream&) { no_cuda(); }

@@ -1,0 +1,43 @@
+// The AVX2 + FMA + F16C build of the CPU attention tile
+// (paged_attention_tile.h). Compiled for those instructions whatever the
+// build's target, and called only when the CPU reports all three
+// (paged_attention.cpp), so one binary runs everywhere.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <limits>
+
+// Everything shared with other files is included before the target switch, so
+// that no inline function or template instance they share is compiled for AVX2.
+#include "pagedllm/convert.h"
+#include "pagedllm/paged_attention.h"
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+
+#define PAGEDLLM_TILE_IMPLEMENTATION
+#define PAGEDLLM_TILE_AVX2 1
+#define PAGEDLLM_TILE_NAMESPACE avx2
+#include "paged_attention_tile.h"
+
+namespace pagedllm::attention_cpu {
+void attention_tile_avx2(const TileJob& job) { avx2::tile(job); }
+}  // namespace pagedllm::attention_cpu
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#else
+#include "paged_attention_tile.h"
+namespace pagedllm::attention_cpu {
+void attention_tile_avx2(const TileJob& job) { attention_tile_portable(job); }  // never chosen off x86-64
+}  // namespace pagedllm::attention_cpu
+#endif
