@@ -137,6 +137,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   init_tensor_ops(env, exports);
   init_memory(env, exports);
   init_cache_ops(env, exports);
+  init_attention(env, exports);
   return exports;
 }
 

@@ -12,6 +12,7 @@
 
 #include "pagedllm/device.h"
 #include "pagedllm/memory_resource.h"
+#include "pagedllm/paged_kv.h"
 #include "pagedllm/stream.h"
 
 namespace pagedllm::addon {
@@ -83,6 +84,12 @@ Napi::Value Guard(const Napi::CallbackInfo& info) {
 int64_t arg_int(const Napi::CallbackInfo& info, size_t i, const char* name);
 double arg_number(const Napi::CallbackInfo& info, size_t i, const char* name);
 Device arg_device(const Napi::CallbackInfo& info, size_t kind_index);
+// KV-cache arguments (cache_ops.cpp): a shape object {numBlocks, numKvHeads, blockSize, headSize},
+// a KvCacheDType code, and a buffer region at (i, i + 1) = (handle, byteOffset) covering `bytes`
+// on the stream's device (null when `optional` and the handle is null or undefined).
+KvCacheShape arg_shape(const Napi::CallbackInfo& info, size_t i);
+KvCacheDType arg_kv_dtype(const Napi::CallbackInfo& info, size_t i);
+char* arg_region(const Napi::CallbackInfo& info, size_t i, size_t bytes, const Stream& stream, bool optional = false);
 
 // The wrapped object at info[i], if it carries `tag`; ERR_INVALID_ARGUMENT ("expected a native <what> handle") otherwise.
 template <typename T>
@@ -153,5 +160,6 @@ void init_streams(Napi::Env env, Napi::Object exports);
 void init_tensor_ops(Napi::Env env, Napi::Object exports);
 void init_memory(Napi::Env env, Napi::Object exports);
 void init_cache_ops(Napi::Env env, Napi::Object exports);
+void init_attention(Napi::Env env, Napi::Object exports);
 
 }  // namespace pagedllm::addon

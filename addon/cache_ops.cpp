@@ -6,8 +6,6 @@
 
 namespace pagedllm::addon {
 
-namespace {
-
 KvCacheShape arg_shape(const Napi::CallbackInfo& info, size_t i) {
   if (i >= info.Length() || !info[i].IsObject())
     throw make_error(info.Env(), "ERR_INVALID_ARGUMENT", "expected a KV cache shape object");
@@ -29,7 +27,7 @@ KvCacheDType arg_kv_dtype(const Napi::CallbackInfo& info, size_t i) {
 }
 
 // A buffer argument at (i, i + 1) = (handle, byteOffset) covering `bytes`, or null when `optional` and absent.
-char* arg_region(const Napi::CallbackInfo& info, size_t i, size_t bytes, const Stream& stream, bool optional = false) {
+char* arg_region(const Napi::CallbackInfo& info, size_t i, size_t bytes, const Stream& stream, bool optional) {
   if (optional && (info[i].IsNull() || info[i].IsUndefined())) return nullptr;
   const size_t offset = arg_int(info, i + 1, "byteOffset");
   NativeBuffer& b = NativeBuffer::From(info, i, offset, bytes);
@@ -37,6 +35,8 @@ char* arg_region(const Napi::CallbackInfo& info, size_t i, size_t bytes, const S
     throw make_error(info.Env(), "ERR_INVALID_ARGUMENT", "buffer on " + b.stream->device().str() + " used by a stream on " + stream.device().str());
   return b.data() + offset;
 }
+
+namespace {
 
 // writeKv(key, keyOff, value, valueOff, inputDtype, slots, slotsOff, numTokens,
 //         kCache, kOff, vCache, vOff, kScales|null, ksOff, vScales|null, vsOff, cacheDtype, shape, stream)

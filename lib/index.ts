@@ -13,6 +13,8 @@ export { Tensor, MAX_DIMS } from './tensor';
 export type { TensorOptions } from './tensor';
 export { Stream, StreamEvent } from './stream';
 export { KvCache } from './kv-cache';
+export { pagedAttention, pagedAttentionSupports, ATTENTION_HEAD_SIZES, ATTENTION_BLOCK_SIZES } from './attention';
+export type { PagedAttentionOptions, AttentionSupportQuery } from './attention';
 export type { KvCacheDType, KvCacheLayer, KvCacheOptions } from './kv-cache';
 export { planMemory, estimateWeightsBytes, estimateActivationBytes, kvBytesPerToken } from './planner';
 export type { MemoryPlan, MemoryBudget, ModelConfig, PlanOptions, KvDType, WeightsDType } from './planner';

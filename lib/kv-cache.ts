@@ -57,6 +57,11 @@ export interface KvCacheLayer {
   valueScales: Tensor | null;
 }
 
+/** @internal paged_kv.h's code of a KV cache dtype. */
+export function kvDtypeCode(t: KvCacheDType): number {
+  return KV[t].code;
+}
+
 function region(t: Tensor): [NativeBufferHandle, number] {
   return t.nativeRegion();
 }

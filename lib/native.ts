@@ -51,6 +51,23 @@ export interface NativeCudaInfo {
 /** Device kinds as the binding numbers them (device.h): 0 = CPU, 1 = CUDA. */
 export type NativeDeviceKind = 0 | 1;
 
+/** The by-value arguments of paged attention (addon/attention.cpp). */
+export interface NativeAttentionParams {
+  dtype: number;
+  numTokens: number;
+  numHeads: number;
+  queryStride: number;
+  cacheDtype: number;
+  shape: { numBlocks: number; numKvHeads: number; blockSize: number; headSize: number };
+  maxBlocksPerSeq: number;
+  numSeqs: number;
+  maxSeqLen: number;
+  maxQueryLen: number;
+  scale: number;
+  slidingWindow: number;
+  softcap: number;
+}
+
 export interface NativeBinding {
   setErrorFactory(factory: (code: string, message: string) => Error): void;
   buildInfo(): { version: string; cuda: boolean; buildSystem: string };
@@ -100,6 +117,18 @@ export interface NativeBinding {
     cache: NativeBufferHandle, cacheOffset: number, scales: NativeBufferHandle | null, scalesOffset: number, cacheDtype: number,
     shape: { numBlocks: number; numKvHeads: number; blockSize: number; headSize: number }, pairs: Int32Array, stream: NativeStreamHandle,
   ): void;
+
+  /** Paged attention (include/pagedllm/paged_attention.h); scales, cuSeqLensQ and alibi may be null. */
+  pagedAttention(
+    query: NativeBufferHandle, queryOffset: number, out: NativeBufferHandle, outOffset: number,
+    keyCache: NativeBufferHandle, keyCacheOffset: number, valueCache: NativeBufferHandle, valueCacheOffset: number,
+    keyScales: NativeBufferHandle | null, keyScalesOffset: number, valueScales: NativeBufferHandle | null, valueScalesOffset: number,
+    blockTables: NativeBufferHandle, blockTablesOffset: number, seqLens: NativeBufferHandle, seqLensOffset: number,
+    cuSeqLensQ: NativeBufferHandle | null, cuSeqLensQOffset: number, alibiSlopes: NativeBufferHandle | null, alibiSlopesOffset: number,
+    params: NativeAttentionParams, stream: NativeStreamHandle,
+  ): void;
+  /** '' when supported, else the reason (naming the supported values). */
+  pagedAttentionSupports(params: NativeAttentionParams, kind: NativeDeviceKind, index: number): string;
 
   defaultMemoryResource(kind: NativeDeviceKind, index: number): NativeMemoryResourceHandle;
   createMemoryResource(
