@@ -54,3 +54,29 @@ export type {
   SequenceLocation,
   SlotAllocation,
 } from './block-manager';
+export {
+  SafetensorsCheckpoint,
+  SafetensorsFile,
+  writeSafetensors,
+  encodeSafetensorsHeader,
+  parseSafetensorsHeader,
+  safetensorsToDType,
+  dtypeToSafetensors,
+  safetensorsDTypeBits,
+  isSafetensorsDType,
+  SAFETENSORS_DTYPES,
+  SAFETENSORS_MAX_HEADER_BYTES,
+} from './safetensors';
+export type {
+  SafetensorsDType,
+  SafetensorsTensorInfo,
+  SafetensorsHeader,
+  SafetensorsTensorData,
+  LoadTensorOptions,
+  LoadTensorsOptions,
+  LoadProgress,
+} from './safetensors';
+export { Tokenizer, StreamDecoder } from './tokenizer';
+export type { EncodeOptions, DecodeOptions, StreamDecoderOptions, TokenizerSources } from './tokenizer';
+export { makeTestModel, makeTestTokenizer, TEST_MODEL_SPECIAL_IDS } from './test-model';
+export type { TestModel, TestModelOptions, TestModelArch, TestModelDType, TestModelRopeScaling } from './test-model';

@@ -94,7 +94,8 @@ function reference(
         const e = logits.map((x) => Math.exp(x - m));
         const sum = e.reduce((a, b) => a + b, 0);
         for (let j = lo; j <= p; j++) {
-          for (let d = 0; d < headSize; d++) out[(row * numHeads + h) * headSize + d] += (e[j - lo]! / sum) * st.values[s]![j]![kvh * headSize + d]!;
+          const w = e[j - lo]! / sum, vj = st.values[s]![j]!, base = (row * numHeads + h) * headSize;
+          for (let d = 0; d < headSize; d++) out[base + d] = out[base + d]! + w * vj[kvh * headSize + d]!;
         }
       }
     }
