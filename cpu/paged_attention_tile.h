@@ -52,97 +52,187 @@ void attention_tile_avx2(const TileJob& job);
 namespace pagedllm::attention_cpu {
 namespace PAGEDLLM_TILE_NAMESPACE {
 
-// ---- vector primitives (n is a multiple of 16: every supported head size is) ---------
+// ---- element sources --------------------------------------------------------------------
+// A K or V row is read straight from the cache in its own dtype (F32, F16, BF16, I8; the
+// int8 scale is applied by the caller per row), or from a float32 scratch copy (F32) when
+// a tile reuses each row for several query vectors (GQA) or the dtype has no vector
+// conversion (fp8).
 
-inline float dot(const float* a, const float* b, int64_t n) {
+struct SrcF32 {
+  using T = float;
 #if PAGEDLLM_TILE_AVX2
-  __m256 s0 = _mm256_setzero_ps(), s1 = _mm256_setzero_ps();
-  for (int64_t i = 0; i < n; i += 16) {
-    s0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), s0);
-    s1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), s1);
+  static __m256 load8(const T* p) { return _mm256_loadu_ps(p); }
+#endif
+  static float load1(const T* p) { return *p; }
+};
+struct SrcF16 {
+  using T = uint16_t;
+#if PAGEDLLM_TILE_AVX2
+  static __m256 load8(const T* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+#endif
+  static float load1(const T* p) { return half_bits_to_float(*p); }
+};
+struct SrcBF16 {
+  using T = uint16_t;
+#if PAGEDLLM_TILE_AVX2
+  static __m256 load8(const T* p) {
+    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
   }
-  const __m256 s = _mm256_add_ps(s0, s1);
+#endif
+  static float load1(const T* p) { return bfloat16_bits_to_float(*p); }
+};
+struct SrcI8 {
+  using T = int8_t;
+#if PAGEDLLM_TILE_AVX2
+  static __m256 load8(const T* p) {
+    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
+  }
+#endif
+  static float load1(const T* p) { return static_cast<float>(*p); }
+};
+
+#if PAGEDLLM_TILE_AVX2
+inline float hsum(__m256 s) {
   __m128 r = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
   r = _mm_add_ps(r, _mm_movehl_ps(r, r));
   r = _mm_add_ss(r, _mm_movehdup_ps(r));
   return _mm_cvtss_f32(r);
-#else
-  float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  for (int64_t i = 0; i < n; i += 8)
-    for (int k = 0; k < 8; ++k) s[k] += a[i + k] * b[i + k];
-  return ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
-#endif
 }
+#endif
 
-inline void axpy(float* y, float w, const float* x, int64_t n) {
+// out[t] = q · k_t for n rows k_t = k + t·D (D a multiple of 16): four rows at a time share
+// each load of q, eight independent accumulator chains.
+template <typename Src>
+inline void scores(const float* q, const typename Src::T* k, int64_t n, int64_t D, float* out) {
+  int64_t t = 0;
 #if PAGEDLLM_TILE_AVX2
-  const __m256 vw = _mm256_set1_ps(w);
-  for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(y + i, _mm256_fmadd_ps(vw, _mm256_loadu_ps(x + i), _mm256_loadu_ps(y + i)));
+  for (; t + 4 <= n; t += 4) {
+    const typename Src::T* k0 = k + t * D;
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0, b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+    for (int64_t i = 0; i < D; i += 16) {
+      const __m256 q0 = _mm256_loadu_ps(q + i), q1 = _mm256_loadu_ps(q + i + 8);
+      a0 = _mm256_fmadd_ps(q0, Src::load8(k0 + i), a0);
+      b0 = _mm256_fmadd_ps(q1, Src::load8(k0 + i + 8), b0);
+      a1 = _mm256_fmadd_ps(q0, Src::load8(k0 + D + i), a1);
+      b1 = _mm256_fmadd_ps(q1, Src::load8(k0 + D + i + 8), b1);
+      a2 = _mm256_fmadd_ps(q0, Src::load8(k0 + 2 * D + i), a2);
+      b2 = _mm256_fmadd_ps(q1, Src::load8(k0 + 2 * D + i + 8), b2);
+      a3 = _mm256_fmadd_ps(q0, Src::load8(k0 + 3 * D + i), a3);
+      b3 = _mm256_fmadd_ps(q1, Src::load8(k0 + 3 * D + i + 8), b3);
+    }
+    out[t] = hsum(_mm256_add_ps(a0, b0));
+    out[t + 1] = hsum(_mm256_add_ps(a1, b1));
+    out[t + 2] = hsum(_mm256_add_ps(a2, b2));
+    out[t + 3] = hsum(_mm256_add_ps(a3, b3));
+  }
+  for (; t < n; ++t) {
+    const typename Src::T* kt = k + t * D;
+    __m256 a = _mm256_setzero_ps(), b = a;
+    for (int64_t i = 0; i < D; i += 16) {
+      a = _mm256_fmadd_ps(_mm256_loadu_ps(q + i), Src::load8(kt + i), a);
+      b = _mm256_fmadd_ps(_mm256_loadu_ps(q + i + 8), Src::load8(kt + i + 8), b);
+    }
+    out[t] = hsum(_mm256_add_ps(a, b));
+  }
 #else
-  for (int64_t i = 0; i < n; ++i) y[i] += w * x[i];
+  for (; t < n; ++t) {
+    const typename Src::T* kt = k + t * D;
+    float s[8] = {0, 0, 0, 0, 0, 0, 0, 0};
+    for (int64_t i = 0; i < D; i += 8)
+      for (int j = 0; j < 8; ++j) s[j] += q[i + j] * Src::load1(kt + i + j);
+    out[t] = ((s[0] + s[4]) + (s[1] + s[5])) + ((s[2] + s[6]) + (s[3] + s[7]));
+  }
 #endif
 }
 
-inline void scale(float* y, float c, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) y[i] *= c;
+// acc = acc · c + Σ_t w[t] · v_t over n rows v_t = v + t·D: each slice of acc is loaded and
+// stored once per block, not once per row.
+template <typename Src>
+inline void accumulate(float* acc, float c, const float* w, const typename Src::T* v, int64_t n, int64_t D) {
+#if PAGEDLLM_TILE_AVX2
+  const __m256 vc = _mm256_set1_ps(c);
+  for (int64_t i = 0; i < D; i += 16) {
+    __m256 r0 = _mm256_mul_ps(_mm256_loadu_ps(acc + i), vc), r1 = _mm256_mul_ps(_mm256_loadu_ps(acc + i + 8), vc);
+    for (int64_t t = 0; t < n; ++t) {
+      const __m256 wt = _mm256_set1_ps(w[t]);
+      r0 = _mm256_fmadd_ps(wt, Src::load8(v + t * D + i), r0);
+      r1 = _mm256_fmadd_ps(wt, Src::load8(v + t * D + i + 8), r1);
+    }
+    _mm256_storeu_ps(acc + i, r0);
+    _mm256_storeu_ps(acc + i + 8, r1);
+  }
+#else
+  for (int64_t i = 0; i < D; ++i) acc[i] *= c;
+  for (int64_t t = 0; t < n; ++t) {
+    if (w[t] == 0.0f) continue;
+    for (int64_t i = 0; i < D; ++i) acc[i] += w[t] * Src::load1(v + t * D + i);
+  }
+#endif
 }
 
-// rows consecutive cache rows (one head of one block, from offset `at`) to float, dequantised.
+// Asks for `bytes` at p ahead of use: a block's K or V run of one head is a few KiB at a
+// random place (the block table), where the hardware prefetchers, which stop at page
+// boundaries, would start cold on every block.
+inline void prefetch(const void* p, int64_t bytes) {
+#if defined(__GNUC__) || defined(__clang__)
+  const char* c = static_cast<const char*>(p);
+  for (int64_t i = 0; i < bytes; i += 64) __builtin_prefetch(c + i, 0, 3);
+#else
+  (void)p;
+  (void)bytes;
+#endif
+}
+
+// n-element rows of `Src` to float32, times `scale`.
+template <typename Src>
+inline void convert(const typename Src::T* p, int64_t n, float scale, float* out) {
+#if PAGEDLLM_TILE_AVX2
+  const __m256 vs = _mm256_set1_ps(scale);
+  for (int64_t i = 0; i < n; i += 8) _mm256_storeu_ps(out + i, _mm256_mul_ps(Src::load8(p + i), vs));
+#else
+  for (int64_t i = 0; i < n; ++i) out[i] = Src::load1(p + i) * scale;
+#endif
+}
+
+// Rows of any cache dtype to a float32 scratch copy, dequantised.
 inline void load_rows(const void* cache, const float* scales, KvCacheDType t, int64_t at, int64_t rows, int64_t n,
                       float* out) {
-  const int64_t count = rows * n;
-  switch (t) {
-    case KvCacheDType::Float32: std::memcpy(out, static_cast<const float*>(cache) + at, count * 4); return;
-    case KvCacheDType::Float16: {
-      const uint16_t* p = reinterpret_cast<const uint16_t*>(static_cast<const half_t*>(cache) + at);
-#if PAGEDLLM_TILE_AVX2
-      for (int64_t i = 0; i < count; i += 8)
-        _mm256_storeu_ps(out + i, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i))));
-#else
-      for (int64_t i = 0; i < count; ++i) out[i] = half_bits_to_float(p[i]);
-#endif
-      return;
-    }
-    case KvCacheDType::BFloat16: {
-      const uint16_t* p = reinterpret_cast<const uint16_t*>(static_cast<const bfloat16_t*>(cache) + at);
-#if PAGEDLLM_TILE_AVX2
-      for (int64_t i = 0; i < count; i += 8) {
-        const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + i)));
-        _mm256_storeu_ps(out + i, _mm256_castsi256_ps(_mm256_slli_epi32(w, 16)));
+  for (int64_t r = 0; r < rows; ++r) {
+    const int64_t base = at + r * n;
+    float* o = out + r * n;
+    switch (t) {
+      case KvCacheDType::Float32: std::memcpy(o, static_cast<const float*>(cache) + base, n * 4); break;
+      case KvCacheDType::Float16: convert<SrcF16>(static_cast<const uint16_t*>(cache) + base, n, 1.0f, o); break;
+      case KvCacheDType::BFloat16: convert<SrcBF16>(static_cast<const uint16_t*>(cache) + base, n, 1.0f, o); break;
+      case KvCacheDType::Int8: convert<SrcI8>(static_cast<const int8_t*>(cache) + base, n, scales[base / n], o); break;
+      case KvCacheDType::Fp8E4M3: {
+        const uint8_t* p = static_cast<const uint8_t*>(cache) + base;
+        const float* table = fp8_table();
+        const float s = scales[base / n];
+        for (int64_t i = 0; i < n; ++i) o[i] = table[p[i]] * s;
+        break;
       }
-#else
-      for (int64_t i = 0; i < count; ++i) out[i] = bfloat16_bits_to_float(p[i]);
-#endif
-      return;
-    }
-    case KvCacheDType::Int8: {
-      const int8_t* p = static_cast<const int8_t*>(cache) + at;
-      for (int64_t r = 0; r < rows; ++r) {
-        const float s = scales[at / n + r];
-        const int8_t* row = p + r * n;
-        float* o = out + r * n;
-#if PAGEDLLM_TILE_AVX2
-        const __m256 vs = _mm256_set1_ps(s);
-        for (int64_t i = 0; i < n; i += 8) {
-          const __m256i w = _mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(row + i)));
-          _mm256_storeu_ps(o + i, _mm256_mul_ps(_mm256_cvtepi32_ps(w), vs));
-        }
-#else
-        for (int64_t i = 0; i < n; ++i) o[i] = static_cast<float>(row[i]) * s;
-#endif
-      }
-      return;
-    }
-    case KvCacheDType::Fp8E4M3: {
-      const uint8_t* p = static_cast<const uint8_t*>(cache) + at;
-      const float* table = fp8_table();
-      for (int64_t r = 0; r < rows; ++r) {
-        const float s = scales[at / n + r];
-        for (int64_t i = 0; i < n; ++i) out[r * n + i] = table[p[r * n + i]] * s;
-      }
-      return;
     }
   }
+}
+
+// Calls f(Src, pointer) with the cache's own element type at element `at`, or with the
+// float32 copy in `buf` (filled here) when `direct` is false or the dtype needs it.
+template <typename F>
+inline void with_rows(const void* cache, const float* scales, KvCacheDType t, int64_t at, int64_t rows, int64_t n,
+                      bool direct, float* buf, F&& f) {
+  if (direct || t == KvCacheDType::Float32) {
+    switch (t) {
+      case KvCacheDType::Float32: f(SrcF32{}, static_cast<const float*>(cache) + at, false); return;
+      case KvCacheDType::Float16: f(SrcF16{}, static_cast<const uint16_t*>(cache) + at, false); return;
+      case KvCacheDType::BFloat16: f(SrcBF16{}, static_cast<const uint16_t*>(cache) + at, false); return;
+      case KvCacheDType::Int8: f(SrcI8{}, static_cast<const int8_t*>(cache) + at, true); return;  // scaled by the caller
+      case KvCacheDType::Fp8E4M3: break;
+    }
+  }
+  load_rows(cache, scales, t, at, rows, n, buf);
+  f(SrcF32{}, static_cast<const float*>(buf), false);
 }
 
 inline float load_query(const void* q, DType t, int64_t i) {
@@ -192,65 +282,69 @@ inline void tile(const TileJob& job) {
   auto lowest = [&](int64_t p) { return a.sliding_window > 0 ? std::max<int64_t>(0, p - a.sliding_window + 1) : 0; };
   const int64_t k_lo = std::max(job.key_begin, lowest(job.pos0));
   const int64_t k_hi = std::min(job.key_end, last_pos + 1);  // exclusive
+  // One or two query vectors read each K/V row straight from the cache; more share a float32 copy.
+  const bool direct = nv <= 2;
+  const int64_t esize = static_cast<int64_t>(kv_dtype_size(a.cache_dtype));
   for (int64_t block_start = k_lo / B * B; block_start < k_hi; block_start += B) {
     const int64_t t0 = std::max(block_start, k_lo), t1 = std::min(block_start + B, k_hi);
     const int32_t block = table[block_start / B];  // validated by the caller
-    const int64_t at = s.index(block, job.kv_head, t0 - block_start);
-    const float* kf = static_cast<const float*>(a.key_cache) + at;  // float32 caches are read in place
-    if (a.cache_dtype != KvCacheDType::Float32) {
-      load_rows(a.key_cache, quant ? a.key_scales : nullptr, a.cache_dtype, at, t1 - t0, D, kbuf);
-      kf = kbuf;
-    }
-    // Scores and the online-softmax update; e = exp(logit − m_new) kept for the V pass.
-    bool any_rescale = false;
-    for (int64_t r = 0; r < job.rows; ++r) {
-      const int64_t p = job.pos0 + r;
-      const int64_t j0 = std::max(t0, lowest(p)), j1 = std::min(t1, p + 1);
-      for (int64_t g = 0; g < group; ++g) {
-        const int64_t v = r * group + g;
-        float* e = &ebuf[v * B];
-        if (j0 >= j1) {
-          cbuf[v] = 1.0f;
-          for (int64_t j = t0; j < t1; ++j) e[j - t0] = 0;
-          continue;
-        }
-        const float* q = &qbuf[v * D];
-        const int64_t h = job.kv_head * group + g;
-        float block_max = kNegInf;
-        for (int64_t j = j0; j < j1; ++j) {
-          float x = dot(q, kf + (j - t0) * D, D);
-          if (a.softcap > 0) x = a.softcap * std::tanh(x / a.softcap);
-          if (a.alibi_slopes) x += a.alibi_slopes[h] * static_cast<float>(j - p);
-          e[j - t0] = x;
-          block_max = std::max(block_max, x);
-        }
-        const float m_new = std::max(job.m[v], block_max);
-        const float c = job.m[v] == kNegInf ? 0.0f : std::exp(job.m[v] - m_new);
-        float sum = 0;
-        for (int64_t j = t0; j < t1; ++j) {
-          const float w = (j >= j0 && j < j1) ? std::exp(e[j - t0] - m_new) : 0.0f;
-          e[j - t0] = w;
-          sum += w;
-        }
-        job.l[v] = job.l[v] * c + sum;
-        job.m[v] = m_new;
-        cbuf[v] = c;
-        any_rescale |= c != 1.0f;
+    if (block_start + B < k_hi) {  // the next block of this head, K and V (and scales)
+      const int64_t next = s.index(table[block_start / B + 1], job.kv_head, 0);
+      prefetch(static_cast<const char*>(a.key_cache) + next * esize, B * D * esize);
+      prefetch(static_cast<const char*>(a.value_cache) + next * esize, B * D * esize);
+      if (quant) {
+        prefetch(a.key_scales + next / D, B * 4);
+        prefetch(a.value_scales + next / D, B * 4);
       }
     }
-    // Values: rows [t0, t1) are all inside the sequence (t1 ≤ last_pos + 1 ≤ seq_len).
-    const float* vf = static_cast<const float*>(a.value_cache) + at;
-    if (a.cache_dtype != KvCacheDType::Float32) {
-      load_rows(a.value_cache, quant ? a.value_scales : nullptr, a.cache_dtype, at, t1 - t0, D, vbuf);
-      vf = vbuf;
-    }
-    for (int64_t v = 0; v < nv; ++v) {
-      float* o = job.acc + v * D;
-      const float* e = &ebuf[v * B];
-      if (any_rescale && cbuf[v] != 1.0f) scale(o, cbuf[v], D);
-      for (int64_t j = t0; j < t1; ++j)
-        if (e[j - t0] != 0.0f) axpy(o, e[j - t0], vf + (j - t0) * D, D);
-    }
+    const int64_t at = s.index(block, job.kv_head, t0 - block_start);
+    const int64_t n = t1 - t0;
+    // Scores and the online-softmax update; e = exp(logit − m_new) kept for the V pass.
+    with_rows(a.key_cache, a.key_scales, a.cache_dtype, at, n, D, direct, kbuf, [&](auto src, const auto* k, bool scaled) {
+      using Src = decltype(src);
+      for (int64_t r = 0; r < job.rows; ++r) {
+        const int64_t p = job.pos0 + r;
+        const int64_t j0 = std::max(t0, lowest(p)), j1 = std::min(t1, p + 1);
+        for (int64_t g = 0; g < group; ++g) {
+          const int64_t v = r * group + g;
+          float* e = &ebuf[v * B];
+          for (int64_t j = 0; j < n; ++j) e[j] = 0.0f;
+          if (j0 >= j1) {
+            cbuf[v] = 1.0f;
+            continue;
+          }
+          scores<Src>(&qbuf[v * D], k + (j0 - t0) * D, j1 - j0, D, e + (j0 - t0));
+          const int64_t h = job.kv_head * group + g;
+          float block_max = kNegInf;
+          for (int64_t j = j0; j < j1; ++j) {
+            float x = e[j - t0];
+            if (scaled) x *= a.key_scales[at / D + (j - t0)];
+            if (a.softcap > 0) x = a.softcap * std::tanh(x / a.softcap);
+            if (a.alibi_slopes) x += a.alibi_slopes[h] * static_cast<float>(j - p);
+            e[j - t0] = x;
+            block_max = std::max(block_max, x);
+          }
+          const float m_new = std::max(job.m[v], block_max);
+          const float c = job.m[v] == kNegInf ? 0.0f : std::exp(job.m[v] - m_new);
+          float sum = 0;
+          for (int64_t j = j0; j < j1; ++j) sum += (e[j - t0] = std::exp(e[j - t0] - m_new));
+          job.l[v] = job.l[v] * c + sum;
+          job.m[v] = m_new;
+          cbuf[v] = c;
+        }
+      }
+    });
+    // Values: rows [t0, t1) are all inside the sequence (t1 ≤ last_pos + 1 ≤ seq_len); a row's
+    // weight is 0 where it may not look.
+    with_rows(a.value_cache, a.value_scales, a.cache_dtype, at, n, D, direct, vbuf, [&](auto src, const auto* vrows, bool scaled) {
+      using Src = decltype(src);
+      for (int64_t v = 0; v < nv; ++v) {
+        float* e = &ebuf[v * B];
+        if (scaled)
+          for (int64_t j = 0; j < n; ++j) e[j] *= a.value_scales[at / D + j];
+        accumulate<Src>(job.acc + v * D, cbuf[v], e, vrows, n, D);
+      }
+    });
   }
 }
 
