@@ -9,6 +9,7 @@
 #   SANITIZE=1 bash scripts/gpu-check.sh        # + memcheck, racecheck, initcheck, synccheck over the runner
 #   PAGEDLLM_CUDA_ARCHS=90 bash scripts/gpu-check.sh   # build only for the GPU at hand (faster)
 #   SANITIZER_TIMEOUT=240                        # seconds per sanitizer tool (exit 124 when exceeded)
+#   BENCH=1 bash scripts/gpu-check.sh            # + the native kernel benchmarks (JSON beside the report)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 build=${BUILD_DIR:-build-gpu-check}
@@ -40,6 +41,18 @@ if [ "${SANITIZE:-0}" = "1" ]; then
   fi
 fi
 
+bench_rows=""
+if [ "${BENCH:-0}" = "1" ]; then
+  stamp=$(date -u +%Y%m%d-%H%M%S)
+  out="${RESULTS_DIR:-$build}/attention-native-$stamp.json"
+  if "$build/pagedllm_bench_attention" --device cuda >"$out" 2>"$build.bench.log"; then
+    bench_rows="attention benchmark: $out"
+  else
+    bench_rows="attention benchmark FAILED: $(tail -3 "$build.bench.log")"
+    status=1
+  fi
+fi
+
 device=$(nvidia-smi --query-gpu=name,driver_version --format=csv,noheader 2>/dev/null | head -1)
 commit=${PAGEDLLM_COMMIT:-$(git describe --always --dirty --abbrev=7 2>/dev/null || echo unknown)}
 report=$(
@@ -56,6 +69,10 @@ report=$(
   grep -E '^(PASS|FAIL|SKIP) ' "$log" | sed -E 's/^(PASS|FAIL|SKIP) ([^ ]+) (.*)$/| \1 | \2 | \3 |/'
   echo
   echo "**$(grep -E '^[0-9]+ passed, ' "$log" | tail -1)**"
+  if [ -n "$bench_rows" ]; then
+    echo
+    echo "$bench_rows"
+  fi
   if [ -n "$sanitizer_rows" ]; then
     echo
     echo "| sanitizer tool | errors | exit | tests |"
