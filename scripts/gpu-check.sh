@@ -41,6 +41,13 @@ if [ "${SANITIZE:-0}" = "1" ]; then
   fi
 fi
 
+# Tensor-core instructions in the attention prefill kernels (HMMA on sm_80+; the SIMT path has none).
+hmma=""
+if command -v cuobjdump >/dev/null 2>&1; then
+  obj=$(find "$build" -name 'paged_attention_prefill.cu.o' | head -1)
+  [ -n "$obj" ] && hmma="HMMA instructions in paged_attention_prefill (sm_80+ SASS): $(cuobjdump --dump-sass "$obj" 2>/dev/null | grep -c HMMA)"
+fi
+
 bench_rows=""
 if [ "${BENCH:-0}" = "1" ]; then
   stamp=$(date -u +%Y%m%d-%H%M%S)
@@ -69,6 +76,10 @@ report=$(
   grep -E '^(PASS|FAIL|SKIP) ' "$log" | sed -E 's/^(PASS|FAIL|SKIP) ([^ ]+) (.*)$/| \1 | \2 | \3 |/'
   echo
   echo "**$(grep -E '^[0-9]+ passed, ' "$log" | tail -1)**"
+  if [ -n "$hmma" ]; then
+    echo
+    echo "$hmma"
+  fi
   if [ -n "$bench_rows" ]; then
     echo
     echo "$bench_rows"

@@ -38,6 +38,15 @@
 // reports ERR_INVALID_ARGUMENT at the next synchronisation; the CUDA kernels
 // skip such blocks rather than read outside the cache.
 //
+// CUDA specifics: the float16 / bfloat16 prefill path runs on tensor cores with
+// operands in q's dtype (K/V tiles and the probabilities P are rounded to it;
+// accumulation stays float32), so a float32 cache is read at q's precision
+// there. Caches must be 16-byte aligned (the pool's 256-byte alignment is);
+// num_seqs ≤ 65535 per call. Caller bugs the host cannot see (device-resident
+// metadata) are clamped, never read out of bounds: q_len to max_query_len,
+// seq_len to min(max_seq_len, max_blocks_per_seq · block_size); a row left with
+// no visible key is written as zeros.
+//
 // Workspace: the CUDA split-K (flash-decoding) path needs per-partition
 // partial results; the launcher takes them from default_memory_resource(device)
 // on the stream (category workspace) and frees them stream-ordered, so no
