@@ -130,23 +130,40 @@ TileFn choose_tile() {
 
 // One work item of the fast path.
 struct Item {
-  int64_t seq, kv_head, row0, rows, pos0, key_begin, key_end;
+  int64_t seq, kv_head, kv_heads, row0, rows, pos0, key_begin, key_end;
   int64_t partial;  // index of its partial slot, or −1 when it is the only part and writes `out` directly
+  int64_t vectors() const { return kv_heads * rows; }  // × group
 };
 
-// Work items: every (sequence, KV head, tile of up to `tile_rows` query rows); when they are
-// fewer than the pool can keep busy, long key ranges are split into partitions (split-K) whose
-// partial results are merged afterwards.
+// Writes normalised results of an item (or a merged group of them) to `out`.
+void store_rows(const PagedAttentionArgs& a, const Item& it, int64_t group, const float* l, const float* acc) {
+  const int64_t D = a.shape.head_size;
+  for (int64_t v = 0; v < it.vectors() * group; ++v) {
+    const int64_t k = v / (it.rows * group), r = (v / group) % it.rows, g = v % group;
+    const int64_t row = it.row0 + r, h = (it.kv_head + k) * group + g;
+    const float inv = 1.0f / l[v];
+    for (int64_t d = 0; d < D; ++d) store_elem(a.out, a.dtype, (row * a.num_heads + h) * D + d, acc[v * D + d] * inv);
+  }
+}
+
+// Work items: every (sequence, tile of up to `tile_rows` query rows, KV heads) — all KV heads
+// at once for decode-like tiles (a block's heads are one contiguous run per K and V, which
+// then streams), one KV head per item for prefill tiles; when the items are fewer than the
+// pool can keep busy, long key ranges are split into partitions (split-K) whose partial
+// results are merged afterwards.
 void run_fast(const PagedAttentionArgs& a) {
   const std::vector<SeqRows> seqs = read_metadata(a);
   const KvCacheShape& sh = a.shape;
   const int64_t D = sh.head_size, B = sh.block_size, group = a.num_heads / sh.num_kv_heads;
   const int64_t tile_rows = std::max<int64_t>(1, 32 / group);
+  constexpr int64_t kStreamVectors = 2;  // tiles with at most this many query vectors per KV head visit all heads
   ThreadPool& pool = ThreadPool::global();
   static const TileFn tile_fn = choose_tile();
+  auto heads_per_item = [&](int64_t rows) { return rows * group <= kStreamVectors ? sh.num_kv_heads : int64_t(1); };
 
   int64_t base_items = 0;
-  for (const SeqRows& r : seqs) base_items += sh.num_kv_heads * ((r.q_len + tile_rows - 1) / tile_rows);
+  for (const SeqRows& r : seqs)
+    for (int64_t t = 0; t < r.q_len; t += tile_rows) base_items += sh.num_kv_heads / heads_per_item(std::min(tile_rows, r.q_len - t));
   const int64_t wanted = pool.size() > 1 ? 4 * pool.size() : 1;
   const int64_t split = base_items >= wanted || base_items == 0 ? 1 : (wanted + base_items - 1) / base_items;
   constexpr int64_t kMinPartition = 256;  // keys; below this a partition's overhead dominates
@@ -155,8 +172,8 @@ void run_fast(const PagedAttentionArgs& a) {
   struct Group {
     int64_t first_item, parts;
   };
-  std::vector<Group> merges;  // (seq, kv head, row tile) groups that were split
-  int64_t partials = 0;
+  std::vector<Group> merges;  // (seq, row tile, heads) groups that were split
+  int64_t partials = 0, max_vectors = 1;
   for (int64_t s = 0; s < a.num_seqs; ++s) {
     const SeqRows& r = seqs[s];
     for (int64_t t = 0; t < r.q_len; t += tile_rows) {
@@ -167,63 +184,57 @@ void run_fast(const PagedAttentionArgs& a) {
       int64_t parts = std::min(split, (hi - lo + kMinPartition - 1) / kMinPartition);
       const int64_t span = parts > 1 ? ((hi - lo + parts - 1) / parts + B - 1) / B * B : hi - lo;
       if (parts > 1) parts = (hi - lo + span - 1) / span;
-      for (int64_t h = 0; h < sh.num_kv_heads; ++h) {
+      const int64_t hc = heads_per_item(rows);
+      max_vectors = std::max(max_vectors, hc * rows * group);
+      for (int64_t h = 0; h < sh.num_kv_heads; h += hc) {
         if (parts > 1) merges.push_back({static_cast<int64_t>(items.size()), parts});
         for (int64_t p = 0; p < parts; ++p) {
           const int64_t kb = lo + p * span, ke = parts > 1 ? std::min(hi, kb + span) : hi;
-          items.push_back({s, h, r.row0 + t, rows, pos0, kb, ke, parts > 1 ? partials++ : -1});
+          items.push_back({s, h, hc, r.row0 + t, rows, pos0, kb, ke, parts > 1 ? partials++ : -1});
         }
       }
     }
   }
-  const int64_t max_nv = tile_rows * group;
-  const int64_t partial_floats = max_nv * (D + 2);
+  const int64_t partial_floats = max_vectors * (D + 2);
   std::vector<float> partial(partials * partial_floats);
 
   pool.parallel_for(static_cast<int64_t>(items.size()), 1, [&](int64_t begin, int64_t end) {
     thread_local std::vector<float> buf;
-    const int64_t own = max_nv * (D + 2);
-    buf.resize(own + attention_cpu::tile_scratch_floats(max_nv, B, D));
+    buf.resize(partial_floats + attention_cpu::tile_scratch_floats(max_vectors, tile_rows * group, B, D));
     for (int64_t i = begin; i < end; ++i) {
       const Item& it = items[i];
-      const int64_t nv = it.rows * group;
       float* base = it.partial >= 0 ? &partial[it.partial * partial_floats] : buf.data();
-      attention_cpu::TileJob job{&a, it.seq, it.kv_head, it.row0, it.rows, it.pos0, it.key_begin, it.key_end,
-                                 base, base + max_nv, base + 2 * max_nv, buf.data() + own};
+      attention_cpu::TileJob job{&a, it.seq, it.kv_head, it.kv_heads, it.row0, it.rows, it.pos0, it.key_begin, it.key_end,
+                                 base, base + max_vectors, base + 2 * max_vectors, buf.data() + partial_floats};
       tile_fn(job);
-      if (it.partial >= 0) continue;
-      for (int64_t v = 0; v < nv; ++v) {
-        const int64_t row = it.row0 + v / group, h = it.kv_head * group + v % group;
-        const float inv = 1.0f / job.l[v];
-        const float* acc = job.acc + v * D;
-        for (int64_t d = 0; d < D; ++d) store_elem(a.out, a.dtype, (row * a.num_heads + h) * D + d, acc[d] * inv);
-      }
+      if (it.partial < 0) store_rows(a, it, group, job.l, job.acc);
     }
   });
 
   if (merges.empty()) return;
   pool.parallel_for(static_cast<int64_t>(merges.size()), 1, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> out;
-    out.resize(D);
+    thread_local std::vector<float> l, acc;
+    l.resize(max_vectors);
+    acc.resize(max_vectors * D);
     for (int64_t g = begin; g < end; ++g) {
       const Group& m = merges[g];
       const Item& first = items[m.first_item];
-      for (int64_t v = 0; v < first.rows * group; ++v) {
+      const int64_t n = first.vectors() * group;
+      std::fill(acc.begin(), acc.end(), 0.0f);
+      for (int64_t v = 0; v < n; ++v) {
         float M = -std::numeric_limits<float>::infinity();
         for (int64_t p = 0; p < m.parts; ++p) M = std::max(M, partial[items[m.first_item + p].partial * partial_floats + v]);
-        float L = 0;
-        std::fill(out.begin(), out.end(), 0.0f);
+        l[v] = 0;
         for (int64_t p = 0; p < m.parts; ++p) {
           const float* base = &partial[items[m.first_item + p].partial * partial_floats];
           if (base[v] == -std::numeric_limits<float>::infinity()) continue;
           const float w = std::exp(base[v] - M);
-          L += base[max_nv + v] * w;
-          const float* acc = base + 2 * max_nv + v * D;
-          for (int64_t d = 0; d < D; ++d) out[d] += acc[d] * w;
+          l[v] += base[max_vectors + v] * w;
+          const float* part = base + 2 * max_vectors + v * D;
+          for (int64_t d = 0; d < D; ++d) acc[v * D + d] += part[d] * w;
         }
-        const int64_t row = first.row0 + v / group, h = first.kv_head * group + v % group;
-        for (int64_t d = 0; d < D; ++d) store_elem(a.out, a.dtype, (row * a.num_heads + h) * D + d, out[d] / L);
       }
+      store_rows(a, first, group, l.data(), acc.data());
     }
   });
 }

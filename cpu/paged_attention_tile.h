@@ -21,19 +21,22 @@ namespace pagedllm::attention_cpu {
 
 struct TileJob {
   const PagedAttentionArgs* a;
-  int64_t seq, kv_head;
+  int64_t seq;
+  int64_t kv_head, kv_heads;  // KV heads [kv_head, kv_head + kv_heads), visited together block by block
   int64_t row0, rows;  // query rows [row0, row0 + rows) of the sequence
   int64_t pos0;        // position of row0 in the sequence
   int64_t key_begin, key_end;  // keys considered: [key_begin, key_end)
-  // Outputs, indexed by v = r * group + g (row r of the tile, head g of the group):
-  float* m;    // [rows * group]  max logit (−inf: no key in range)
-  float* l;    // [rows * group]  Σ exp(logit − m)
-  float* acc;  // [rows * group, head_size]  Σ exp(logit − m) · v
-  float* scratch;  // tile_scratch_floats(rows * group, block_size, head_size) floats
+  // Outputs, indexed by v = (k * rows + r) * group + g (KV head k of the job, row r of the
+  // tile, query head g of the group):
+  float* m;    // [kv_heads * rows * group]  max logit (−inf: no key in range)
+  float* l;    // [kv_heads * rows * group]  Σ exp(logit − m)
+  float* acc;  // [kv_heads * rows * group, head_size]  Σ exp(logit − m) · v
+  float* scratch;  // tile_scratch_floats(kv_heads * rows * group, rows * group, block_size, head_size) floats
 };
 
-inline int64_t tile_scratch_floats(int64_t nv, int64_t block_size, int64_t head_size) {
-  return nv * head_size + 2 * block_size * head_size + nv * block_size + nv;
+// vectors: all query vectors of the job; per_head: those of one KV head (rows * group).
+inline int64_t tile_scratch_floats(int64_t vectors, int64_t per_head, int64_t block_size, int64_t head_size) {
+  return vectors * head_size + 2 * block_size * head_size + per_head * block_size + per_head;
 }
 
 // Float32 value of one fp8 e4m3 byte (a table built from fp8.h's conversion).
@@ -171,6 +174,39 @@ inline void accumulate(float* acc, float c, const float* w, const typename Src::
 #endif
 }
 
+// x[i] = exp(x[i] − m) for n values (all ≤ 0 after the shift); returns their sum. The AVX2
+// build evaluates 8 at a time with the Cephes expf polynomial (≈ 2 ulp): under GQA there are
+// `group` exponentials per cached token, which a libm call per value would make the bottleneck.
+inline float exp_shifted(float* x, int64_t n, float m) {
+  float sum = 0;
+  int64_t i = 0;
+#if PAGEDLLM_TILE_AVX2
+  const __m256 vm = _mm256_set1_ps(m), lo = _mm256_set1_ps(-87.3f), log2e = _mm256_set1_ps(1.44269504088896341f);
+  const __m256 c1 = _mm256_set1_ps(0.693359375f), c2 = _mm256_set1_ps(-2.12194440e-4f), half = _mm256_set1_ps(0.5f);
+  const __m256 one = _mm256_set1_ps(1.0f);
+  __m256 acc = _mm256_setzero_ps();
+  for (; i + 8 <= n; i += 8) {
+    __m256 v = _mm256_max_ps(_mm256_sub_ps(_mm256_loadu_ps(x + i), vm), lo);
+    const __m256 fx = _mm256_floor_ps(_mm256_fmadd_ps(v, log2e, half));
+    v = _mm256_fnmadd_ps(fx, c2, _mm256_fnmadd_ps(fx, c1, v));
+    __m256 y = _mm256_set1_ps(1.9875691500e-4f);
+    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(1.3981999507e-3f));
+    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(8.3334519073e-3f));
+    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(4.1665795894e-2f));
+    y = _mm256_fmadd_ps(y, v, _mm256_set1_ps(1.6666665459e-1f));
+    y = _mm256_fmadd_ps(y, v, half);
+    y = _mm256_fmadd_ps(y, _mm256_mul_ps(v, v), _mm256_add_ps(v, one));
+    const __m256i pow2 = _mm256_slli_epi32(_mm256_add_epi32(_mm256_cvtps_epi32(fx), _mm256_set1_epi32(127)), 23);
+    y = _mm256_mul_ps(y, _mm256_castsi256_ps(pow2));
+    _mm256_storeu_ps(x + i, y);
+    acc = _mm256_add_ps(acc, y);
+  }
+  sum = hsum(acc);
+#endif
+  for (; i < n; ++i) sum += (x[i] = std::exp(x[i] - m));
+  return sum;
+}
+
 // Asks for `bytes` at p ahead of use: a block's K or V run of one head is a few KiB at a
 // random place (the block table), where the hardware prefetchers, which stop at page
 // boundaries, would start cold on every block.
@@ -250,7 +286,8 @@ inline void tile(const TileJob& job) {
   const KvCacheShape& s = a.shape;
   const int64_t D = s.head_size, B = s.block_size;
   const int64_t group = a.num_heads / s.num_kv_heads;
-  const int64_t nv = job.rows * group;
+  const int64_t nv = job.rows * group;  // query vectors per KV head
+  const int64_t total = nv * job.kv_heads;
   const bool quant = kv_dtype_is_quantized(a.cache_dtype);
   const int32_t* table = a.block_tables + job.seq * a.max_blocks_per_seq;
   constexpr float kNegInf = -std::numeric_limits<float>::infinity();
@@ -258,24 +295,25 @@ inline void tile(const TileJob& job) {
   // Scratch (no allocation here: this code is also compiled for AVX2, and must
   // not emit shared template instances such as std::vector's with that target).
   float* const qbuf = job.scratch;
-  float* const kbuf = qbuf + nv * D;
+  float* const kbuf = qbuf + total * D;
   float* const vbuf = kbuf + B * D;
   float* const ebuf = vbuf + B * D;
   float* const cbuf = ebuf + nv * B;
 
-  // Queries of the tile, premultiplied by the softmax scale.
-  for (int64_t r = 0; r < job.rows; ++r)
-    for (int64_t g = 0; g < group; ++g) {
-      const int64_t h = job.kv_head * group + g;
-      const int64_t in = (job.row0 + r) * a.query_stride + h * D;
-      float* q = &qbuf[(r * group + g) * D];
-      for (int64_t d = 0; d < D; ++d) q[d] = load_query(a.query, a.dtype, in + d) * a.scale;
-    }
-  for (int64_t v = 0; v < nv; ++v) {
+  // Queries of the job, premultiplied by the softmax scale.
+  for (int64_t k = 0; k < job.kv_heads; ++k)
+    for (int64_t r = 0; r < job.rows; ++r)
+      for (int64_t g = 0; g < group; ++g) {
+        const int64_t h = (job.kv_head + k) * group + g;
+        const int64_t in = (job.row0 + r) * a.query_stride + h * D;
+        float* q = &qbuf[((k * job.rows + r) * group + g) * D];
+        for (int64_t d = 0; d < D; ++d) q[d] = load_query(a.query, a.dtype, in + d) * a.scale;
+      }
+  for (int64_t v = 0; v < total; ++v) {
     job.m[v] = kNegInf;
     job.l[v] = 0;
   }
-  for (int64_t i = 0; i < nv * D; ++i) job.acc[i] = 0.0f;
+  for (int64_t i = 0; i < total * D; ++i) job.acc[i] = 0.0f;
 
   // Keys any row of the tile can see.
   const int64_t last_pos = job.pos0 + job.rows - 1;
@@ -288,63 +326,72 @@ inline void tile(const TileJob& job) {
   for (int64_t block_start = k_lo / B * B; block_start < k_hi; block_start += B) {
     const int64_t t0 = std::max(block_start, k_lo), t1 = std::min(block_start + B, k_hi);
     const int32_t block = table[block_start / B];  // validated by the caller
-    if (block_start + B < k_hi) {  // the next block of this head, K and V (and scales)
-      const int64_t next = s.index(table[block_start / B + 1], job.kv_head, 0);
-      prefetch(static_cast<const char*>(a.key_cache) + next * esize, B * D * esize);
-      prefetch(static_cast<const char*>(a.value_cache) + next * esize, B * D * esize);
-      if (quant) {
-        prefetch(a.key_scales + next / D, B * 4);
-        prefetch(a.value_scales + next / D, B * 4);
-      }
-    }
-    const int64_t at = s.index(block, job.kv_head, t0 - block_start);
     const int64_t n = t1 - t0;
-    // Scores and the online-softmax update; e = exp(logit − m_new) kept for the V pass.
-    with_rows(a.key_cache, a.key_scales, a.cache_dtype, at, n, D, direct, kbuf, [&](auto src, const auto* k, bool scaled) {
-      using Src = decltype(src);
-      for (int64_t r = 0; r < job.rows; ++r) {
-        const int64_t p = job.pos0 + r;
-        const int64_t j0 = std::max(t0, lowest(p)), j1 = std::min(t1, p + 1);
-        for (int64_t g = 0; g < group; ++g) {
-          const int64_t v = r * group + g;
-          float* e = &ebuf[v * B];
-          for (int64_t j = 0; j < n; ++j) e[j] = 0.0f;
-          if (j0 >= j1) {
-            cbuf[v] = 1.0f;
-            continue;
-          }
-          scores<Src>(&qbuf[v * D], k + (j0 - t0) * D, j1 - j0, D, e + (j0 - t0));
-          const int64_t h = job.kv_head * group + g;
-          float block_max = kNegInf;
-          for (int64_t j = j0; j < j1; ++j) {
-            float x = e[j - t0];
-            if (scaled) x *= a.key_scales[at / D + (j - t0)];
-            if (a.softcap > 0) x = a.softcap * std::tanh(x / a.softcap);
-            if (a.alibi_slopes) x += a.alibi_slopes[h] * static_cast<float>(j - p);
-            e[j - t0] = x;
-            block_max = std::max(block_max, x);
-          }
-          const float m_new = std::max(job.m[v], block_max);
-          const float c = job.m[v] == kNegInf ? 0.0f : std::exp(job.m[v] - m_new);
-          float sum = 0;
-          for (int64_t j = j0; j < j1; ++j) sum += (e[j - t0] = std::exp(e[j - t0] - m_new));
-          job.l[v] = job.l[v] * c + sum;
-          job.m[v] = m_new;
-          cbuf[v] = c;
+    // The job's KV heads of one block are consecutive runs (HND): K and V stream through them.
+    for (int64_t k = 0; k < job.kv_heads; ++k) {
+      const int64_t kv_head = job.kv_head + k;
+      // Ask for what comes next: this block's next head, or the next block's first.
+      const bool last_head = k + 1 == job.kv_heads;
+      if (!last_head || block_start + B < k_hi) {
+        const int64_t next = last_head ? s.index(table[block_start / B + 1], job.kv_head, 0) : s.index(block, kv_head + 1, 0);
+        prefetch(static_cast<const char*>(a.key_cache) + next * esize, B * D * esize);
+        prefetch(static_cast<const char*>(a.value_cache) + next * esize, B * D * esize);
+        if (quant) {
+          prefetch(a.key_scales + next / D, B * 4);
+          prefetch(a.value_scales + next / D, B * 4);
         }
       }
-    });
-    // Values: rows [t0, t1) are all inside the sequence (t1 ≤ last_pos + 1 ≤ seq_len); a row's
-    // weight is 0 where it may not look.
-    with_rows(a.value_cache, a.value_scales, a.cache_dtype, at, n, D, direct, vbuf, [&](auto src, const auto* vrows, bool scaled) {
-      using Src = decltype(src);
-      for (int64_t v = 0; v < nv; ++v) {
-        float* e = &ebuf[v * B];
-        if (scaled)
-          for (int64_t j = 0; j < n; ++j) e[j] *= a.value_scales[at / D + j];
-        accumulate<Src>(job.acc + v * D, cbuf[v], e, vrows, n, D);
-      }
-    });
+      const int64_t at = s.index(block, kv_head, t0 - block_start);
+      float* const m = job.m + k * nv;
+      float* const l = job.l + k * nv;
+      float* const acc = job.acc + k * nv * D;
+      const float* const qk = qbuf + k * nv * D;
+      // Scores and the online-softmax update; e = exp(logit − m_new) kept for the V pass.
+      with_rows(a.key_cache, a.key_scales, a.cache_dtype, at, n, D, direct, kbuf, [&](auto src, const auto* krows, bool scaled) {
+        using Src = decltype(src);
+        for (int64_t r = 0; r < job.rows; ++r) {
+          const int64_t p = job.pos0 + r;
+          const int64_t j0 = std::max(t0, lowest(p)), j1 = std::min(t1, p + 1);
+          for (int64_t g = 0; g < group; ++g) {
+            const int64_t v = r * group + g;
+            float* e = &ebuf[v * B];
+            for (int64_t j = 0; j < n; ++j) e[j] = 0.0f;
+            if (j0 >= j1) {
+              cbuf[v] = 1.0f;
+              continue;
+            }
+            scores<Src>(&qk[v * D], krows + (j0 - t0) * D, j1 - j0, D, e + (j0 - t0));
+            const int64_t h = kv_head * group + g;
+            float block_max = kNegInf;
+            for (int64_t j = j0; j < j1; ++j) {
+              float x = e[j - t0];
+              if (scaled) x *= a.key_scales[at / D + (j - t0)];
+              if (a.softcap > 0) x = a.softcap * std::tanh(x / a.softcap);
+              if (a.alibi_slopes) x += a.alibi_slopes[h] * static_cast<float>(j - p);
+              e[j - t0] = x;
+              block_max = std::max(block_max, x);
+            }
+            const float m_new = std::max(m[v], block_max);
+            const float c = m[v] == kNegInf ? 0.0f : std::exp(m[v] - m_new);
+            const float sum = exp_shifted(e + (j0 - t0), j1 - j0, m_new);
+            l[v] = l[v] * c + sum;
+            m[v] = m_new;
+            cbuf[v] = c;
+          }
+        }
+      });
+      // Values: rows [t0, t1) are all inside the sequence (t1 ≤ last_pos + 1 ≤ seq_len); a row's
+      // weight is 0 where it may not look.
+      with_rows(a.value_cache, a.value_scales, a.cache_dtype, at, n, D, direct, vbuf, [&](auto src, const auto* vrows, bool scaled) {
+        using Src = decltype(src);
+        for (int64_t v = 0; v < nv; ++v) {
+          float* e = &ebuf[v * B];
+          if (scaled)
+            for (int64_t j = 0; j < n; ++j) e[j] *= a.value_scales[at / D + j];
+          accumulate<Src>(acc + v * D, cbuf[v], e, vrows, n, D);
+        }
+      });
+    }
   }
 }
 
