@@ -138,6 +138,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   init_memory(env, exports);
   init_cache_ops(env, exports);
   init_attention(env, exports);
+  init_model_ops(env, exports);
   return exports;
 }
 

@@ -3,6 +3,7 @@
 #include "pagedllm/device.h"
 #include "pagedllm/error.h"
 #include "pagedllm/memory_resource.h"
+#include "pagedllm/model_ops.h"
 #include "pagedllm/paged_attention.h"
 #include "pagedllm/paged_kv.h"
 #include "pagedllm/tensor_ops.h"
@@ -58,5 +59,11 @@ void copy_strided_cuda(const void*, const StridedLayout&, size_t, void*, Stream&
 void copy_bytes_cuda(const void*, Stream&, void*, Stream&, size_t) { no_cuda(); }
 void upload_cuda(const void*, void*, size_t, Stream&) { no_cuda(); }
 void download_cuda(const void*, void*, size_t, Stream&, std::function<void()>) { no_cuda(); }
+void embedding_cuda(const EmbeddingArgs&, Stream&) { no_cuda(); }
+void rms_norm_cuda(const RmsNormArgs&, Stream&) { no_cuda(); }
+void rope_cuda(const RopeArgs&, Stream&) { no_cuda(); }
+void silu_mul_cuda(const SiluMulArgs&, Stream&) { no_cuda(); }
+void add_cuda(const AddArgs&, Stream&) { no_cuda(); }
+void linear_cuda(const LinearArgs&, Stream&) { no_cuda(); }
 
 }  // namespace pagedllm

@@ -15,6 +15,8 @@ export { Stream, StreamEvent } from './stream';
 export { KvCache } from './kv-cache';
 export { pagedAttention, pagedAttentionSupports, ATTENTION_HEAD_SIZES, ATTENTION_BLOCK_SIZES } from './attention';
 export type { PagedAttentionOptions, AttentionSupportQuery } from './attention';
+export { embedding, rmsNorm, rope, ropeInvFreq, siluMul, add, linear, cpuSimd, ROPE_TYPES } from './ops';
+export type { EmbeddingOptions, RmsNormOptions, LinearOptions, RopeConfig, RopeScalingConfig } from './ops';
 export type { KvCacheDType, KvCacheLayer, KvCacheOptions } from './kv-cache';
 export { planMemory, estimateWeightsBytes, estimateActivationBytes, kvBytesPerToken } from './planner';
 export type { MemoryPlan, MemoryBudget, ModelConfig, PlanOptions, KvDType, WeightsDType } from './planner';

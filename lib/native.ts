@@ -68,6 +68,22 @@ export interface NativeAttentionParams {
   softcap: number;
 }
 
+/** The by-value arguments of the model ops (addon/model_ops.cpp); dtypes are dtype.h codes. */
+export interface NativeEmbeddingParams { numTokens: number; vocabSize: number; hiddenSize: number; weightDtype: number; outDtype: number }
+export interface NativeRmsNormParams {
+  numTokens: number; hiddenSize: number; xStride: number; residualStride: number; outStride: number;
+  xDtype: number; residualDtype: number; weightDtype: number; outDtype: number; eps: number;
+}
+export interface NativeRopeParams {
+  numTokens: number; numHeads: number; numKvHeads: number; headSize: number; rotaryDim: number;
+  queryStride: number; keyStride: number; dtype: number;
+}
+export interface NativeSiluMulParams { numTokens: number; intermediateSize: number; xStride: number; dtype: number }
+export interface NativeLinearParams {
+  numTokens: number; inFeatures: number; outFeatures: number; xStride: number; outStride: number;
+  xDtype: number; weightDtype: number; biasDtype: number; outDtype: number;
+}
+
 export interface NativeBinding {
   setErrorFactory(factory: (code: string, message: string) => Error): void;
   buildInfo(): { version: string; cuda: boolean; buildSystem: string };
@@ -129,6 +145,34 @@ export interface NativeBinding {
   ): void;
   /** '' when supported, else the reason (naming the supported values). */
   pagedAttentionSupports(params: NativeAttentionParams, kind: NativeDeviceKind, index: number): string;
+
+  /** Model ops (include/pagedllm/model_ops.h); each buffer is (handle, byteOffset); residual, key and bias may be null. */
+  embedding(
+    ids: NativeBufferHandle, idsOffset: number, weight: NativeBufferHandle, weightOffset: number,
+    out: NativeBufferHandle, outOffset: number, params: NativeEmbeddingParams, stream: NativeStreamHandle,
+  ): void;
+  rmsNorm(
+    x: NativeBufferHandle, xOffset: number, residual: NativeBufferHandle | null, residualOffset: number,
+    weight: NativeBufferHandle, weightOffset: number, out: NativeBufferHandle, outOffset: number,
+    params: NativeRmsNormParams, stream: NativeStreamHandle,
+  ): void;
+  rope(
+    query: NativeBufferHandle, queryOffset: number, key: NativeBufferHandle | null, keyOffset: number,
+    positions: NativeBufferHandle, positionsOffset: number, invFreq: NativeBufferHandle, invFreqOffset: number,
+    params: NativeRopeParams, stream: NativeStreamHandle,
+  ): void;
+  siluMul(x: NativeBufferHandle, xOffset: number, out: NativeBufferHandle, outOffset: number, params: NativeSiluMulParams, stream: NativeStreamHandle): void;
+  add(
+    a: NativeBufferHandle, aOffset: number, b: NativeBufferHandle, bOffset: number,
+    out: NativeBufferHandle, outOffset: number, n: number, dtype: number, stream: NativeStreamHandle,
+  ): void;
+  linear(
+    x: NativeBufferHandle, xOffset: number, weight: NativeBufferHandle, weightOffset: number,
+    bias: NativeBufferHandle | null, biasOffset: number, out: NativeBufferHandle, outOffset: number,
+    params: NativeLinearParams, stream: NativeStreamHandle,
+  ): void;
+  /** The CPU kernels' instruction set (PAGEDLLM_SIMD=portable forces 'portable'). */
+  cpuSimd(): 'avx2' | 'portable';
 
   defaultMemoryResource(kind: NativeDeviceKind, index: number): NativeMemoryResourceHandle;
   createMemoryResource(
