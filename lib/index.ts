@@ -82,3 +82,5 @@ export { Tokenizer, StreamDecoder } from './tokenizer';
 export type { EncodeOptions, DecodeOptions, StreamDecoderOptions, TokenizerSources } from './tokenizer';
 export { makeTestModel, makeTestTokenizer, TEST_MODEL_SPECIAL_IDS } from './test-model';
 export type { TestModel, TestModelOptions, TestModelArch, TestModelDType, TestModelRopeScaling } from './test-model';
+export { Model, parseLlamaConfig } from './model';
+export type { LlamaConfig, ModelArchitecture, ForwardBatch, LoadOptions } from './model';

@@ -1,0 +1,288 @@
+/**
+ * Llama-family models (LlamaForCausalLM, MistralForCausalLM, Qwen2ForCausalLM) from a Hugging
+ * Face folder, and their forward pass over the paged KV cache, built from the ops: embedding,
+ * RMSNorm (fused residual), q/k/v projections (+ bias for Qwen2), RoPE, writeKv, paged
+ * attention (prefill, decode or both in one batch), o_proj, SwiGLU MLP, final norm, lm_head.
+ *
+ * @example
+ * const model = await Model.load('/models/llama', { device: 'cpu' });
+ * const cache = new KvCache({ ...model.kvCacheShape(), numBlocks: 64, blockSize: 16, kvDtype: 'float32' });
+ * const logits = model.forward(cache, { tokenIds, positions, slotMapping, blockTables, seqLens, cuSeqLensQ, logitRows });
+ */
+import * as path from 'node:path';
+
+import { pagedAttention } from './attention';
+import { type DeviceSpec } from './device';
+import { type DType } from './dtype';
+import { InvalidArgumentError, ModelFormatError, UnsupportedError } from './errors';
+import { readJsonObject, type JsonObject } from './json-file';
+import { type KvCache } from './kv-cache';
+import { embedding, linear, rmsNorm, rope, ropeInvFreq, siluMul, type RopeConfig } from './ops';
+import { SafetensorsCheckpoint, type LoadProgress } from './safetensors';
+import { Tensor } from './tensor';
+
+export type ModelArchitecture = 'LlamaForCausalLM' | 'MistralForCausalLM' | 'Qwen2ForCausalLM';
+const ARCHITECTURES: readonly ModelArchitecture[] = ['LlamaForCausalLM', 'MistralForCausalLM', 'Qwen2ForCausalLM'];
+
+/** What the forward pass needs from config.json, checked and with HF's defaults applied. */
+export interface LlamaConfig {
+  architecture: ModelArchitecture;
+  hiddenSize: number;
+  intermediateSize: number;
+  numLayers: number;
+  numHeads: number;
+  numKvHeads: number;
+  headDim: number;
+  vocabSize: number;
+  rmsNormEps: number;
+  tieWordEmbeddings: boolean;
+  /** Keys within this many positions (itself included); 0: none. */
+  slidingWindow: number;
+  maxPositionEmbeddings: number;
+  /** q/k/v projections carry a bias (Qwen2). */
+  attentionBias: boolean;
+  /** The raw config.json (for RoPE and anything else). */
+  raw: JsonObject;
+}
+
+/** Parses and checks a config.json object (ERR_MODEL_FORMAT naming the field otherwise). */
+export function parseLlamaConfig(raw: JsonObject, file = 'config.json'): LlamaConfig {
+  const fail = (message: string): never => {
+    throw new ModelFormatError(`${file}: ${message}`);
+  };
+  const archs = raw.architectures;
+  const architecture = Array.isArray(archs) ? (archs.find((a) => ARCHITECTURES.includes(a as ModelArchitecture)) as ModelArchitecture | undefined) : undefined;
+  if (!architecture) {
+    throw new UnsupportedError(`${file}: architectures ${JSON.stringify(archs ?? null)} is not supported (supported: ${ARCHITECTURES.join(', ')})`);
+  }
+  if (raw.quantization_config !== undefined && raw.quantization_config !== null) {
+    throw new UnsupportedError(`${file}: quantized checkpoints (quantization_config) are not supported by the forward pass yet`);
+  }
+  const int = (name: string, fallback?: number): number => {
+    const v = raw[name] ?? fallback;
+    if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) fail(`${name} must be a positive integer, got ${JSON.stringify(v ?? null)}`);
+    return v as number;
+  };
+  const hiddenSize = int('hidden_size');
+  const numHeads = int('num_attention_heads');
+  const numKvHeads = int('num_key_value_heads', numHeads);
+  if (numHeads % numKvHeads !== 0) fail(`num_attention_heads (${numHeads}) must be a multiple of num_key_value_heads (${numKvHeads})`);
+  const headDim = raw.head_dim === undefined || raw.head_dim === null ? hiddenSize / numHeads : int('head_dim');
+  if (!Number.isInteger(headDim)) fail(`hidden_size (${hiddenSize}) is not a multiple of num_attention_heads (${numHeads}) and head_dim is absent`);
+  const eps = raw.rms_norm_eps ?? 1e-6;
+  if (typeof eps !== 'number' || !(eps > 0)) fail(`rms_norm_eps must be a positive number, got ${JSON.stringify(eps)}`);
+  let slidingWindow = 0;
+  const window = raw.sliding_window;
+  const windowOn = architecture === 'MistralForCausalLM' || (architecture === 'Qwen2ForCausalLM' && raw.use_sliding_window === true);
+  if (windowOn && window !== undefined && window !== null) {
+    if (typeof window !== 'number' || !Number.isSafeInteger(window) || window <= 0) fail(`sliding_window must be a positive integer or null, got ${JSON.stringify(window)}`);
+    slidingWindow = window as number;
+  }
+  return {
+    architecture,
+    hiddenSize,
+    intermediateSize: int('intermediate_size'),
+    numLayers: int('num_hidden_layers'),
+    numHeads,
+    numKvHeads,
+    headDim,
+    vocabSize: int('vocab_size'),
+    rmsNormEps: eps as number,
+    tieWordEmbeddings: raw.tie_word_embeddings === true,
+    slidingWindow,
+    maxPositionEmbeddings: int('max_position_embeddings', 2048),
+    attentionBias: architecture === 'Qwen2ForCausalLM' || raw.attention_bias === true,
+    raw,
+  };
+}
+
+interface LayerWeights {
+  inputNorm: Tensor;
+  q: Tensor;
+  k: Tensor;
+  v: Tensor;
+  qBias: Tensor | null;
+  kBias: Tensor | null;
+  vBias: Tensor | null;
+  o: Tensor;
+  postNorm: Tensor;
+  gate: Tensor;
+  up: Tensor;
+  down: Tensor;
+}
+
+/** One forward step over a batch of new tokens of several sequences (their K/V slots already allocated). */
+export interface ForwardBatch {
+  /** int32 [numTokens]: the new tokens, sequence after sequence. */
+  tokenIds: Int32Array;
+  /** int32 [numTokens]: each token's position in its sequence. */
+  positions: Int32Array;
+  /** int32 [numTokens]: where writeKv stores each token's K/V (−1: nowhere). */
+  slotMapping: Int32Array;
+  /** Per sequence, its blocks (flat [numSeqs × maxBlocksPerSeq] or one row per sequence). */
+  blockTables: Int32Array | ReadonlyArray<readonly number[]>;
+  /** Per sequence, tokens in the cache after this step (the new ones included). */
+  seqLens: Int32Array | readonly number[];
+  /** Query rows per sequence, [numSeqs + 1]; absent when every sequence has exactly one new token. */
+  cuSeqLensQ?: Int32Array | readonly number[];
+  /** Token rows whose logits are wanted (e.g. the last of each sequence). Default: all. */
+  logitRows?: Int32Array | readonly number[];
+}
+
+export interface LoadOptions {
+  device?: DeviceSpec;
+  /** Activation (and compute) dtype; weights are kept as stored. Default float32. */
+  dtype?: DType;
+  onProgress?: (progress: LoadProgress) => void;
+  signal?: AbortSignal;
+}
+
+export class Model {
+  readonly config: LlamaConfig;
+  readonly dtype: DType;
+  readonly device: string;
+  private weights: Map<string, Tensor> | null;
+  private readonly layers: LayerWeights[];
+  private readonly embed: Tensor;
+  private readonly norm: Tensor;
+  private readonly lmHead: Tensor;
+  private readonly invFreq: Float32Array;
+
+  private constructor(config: LlamaConfig, weights: Map<string, Tensor>, dtype: DType, file: string) {
+    this.config = config;
+    this.dtype = dtype;
+    this.weights = weights;
+    const get = (name: string, shape: number[]): Tensor => {
+      const t = weights.get(name);
+      if (!t) throw new ModelFormatError(`${file}: tensor "${name}" is missing`);
+      if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+        throw new ModelFormatError(`${file}: tensor "${name}" has shape [${t.shape.join(', ')}], expected [${shape.join(', ')}] from config.json`);
+      }
+      if (t.dtype !== 'float32' && t.dtype !== 'float16' && t.dtype !== 'bfloat16') throw new ModelFormatError(`${file}: tensor "${name}" is ${t.dtype}, expected a float dtype`);
+      return t;
+    };
+    const c = config;
+    const qOut = c.numHeads * c.headDim, kvOut = c.numKvHeads * c.headDim;
+    this.embed = get('model.embed_tokens.weight', [c.vocabSize, c.hiddenSize]);
+    this.norm = get('model.norm.weight', [c.hiddenSize]);
+    this.lmHead = c.tieWordEmbeddings ? this.embed : get('lm_head.weight', [c.vocabSize, c.hiddenSize]);
+    this.layers = [];
+    for (let l = 0; l < c.numLayers; l++) {
+      const p = `model.layers.${l}.`;
+      this.layers.push({
+        inputNorm: get(`${p}input_layernorm.weight`, [c.hiddenSize]),
+        q: get(`${p}self_attn.q_proj.weight`, [qOut, c.hiddenSize]),
+        k: get(`${p}self_attn.k_proj.weight`, [kvOut, c.hiddenSize]),
+        v: get(`${p}self_attn.v_proj.weight`, [kvOut, c.hiddenSize]),
+        qBias: c.attentionBias ? get(`${p}self_attn.q_proj.bias`, [qOut]) : null,
+        kBias: c.attentionBias ? get(`${p}self_attn.k_proj.bias`, [kvOut]) : null,
+        vBias: c.attentionBias ? get(`${p}self_attn.v_proj.bias`, [kvOut]) : null,
+        o: get(`${p}self_attn.o_proj.weight`, [c.hiddenSize, qOut]),
+        postNorm: get(`${p}post_attention_layernorm.weight`, [c.hiddenSize]),
+        gate: get(`${p}mlp.gate_proj.weight`, [c.intermediateSize, c.hiddenSize]),
+        up: get(`${p}mlp.up_proj.weight`, [c.intermediateSize, c.hiddenSize]),
+        down: get(`${p}mlp.down_proj.weight`, [c.hiddenSize, c.intermediateSize]),
+      });
+    }
+    this.invFreq = ropeInvFreq(config.raw as RopeConfig);
+    this.device = this.embed.device;
+  }
+
+  /** Loads config.json and the safetensors weights of `dir` (weights counted as 'weights' memory). */
+  static async load(dir: string, options: LoadOptions = {}): Promise<Model> {
+    const configFile = path.join(dir, 'config.json');
+    const config = parseLlamaConfig(await readJsonObject(configFile, 'config.json'), configFile);
+    const dtype = options.dtype ?? 'float32';
+    if (dtype !== 'float32' && dtype !== 'float16' && dtype !== 'bfloat16') throw new InvalidArgumentError(`Model.load: dtype must be float32, float16 or bfloat16, got ${String(dtype)}`);
+    const checkpoint = await SafetensorsCheckpoint.open(dir);
+    let weights: Map<string, Tensor> | null = null;
+    try {
+      const names = checkpoint.names().filter((n) => !n.endsWith('rotary_emb.inv_freq'));
+      weights = await checkpoint.loadTensors({ names, device: options.device, onProgress: options.onProgress, signal: options.signal });
+      return new Model(config, weights, dtype, checkpoint.location);
+    } catch (error) {
+      if (weights) for (const t of weights.values()) t.dispose();
+      throw error;
+    } finally {
+      await checkpoint.close();
+    }
+  }
+
+  /** The KvCache fields this model fixes. */
+  kvCacheShape(): { numLayers: number; numKvHeads: number; headSize: number } {
+    return { numLayers: this.config.numLayers, numKvHeads: this.config.numKvHeads, headSize: this.config.headDim };
+  }
+
+  /**
+   * One step: writes the new tokens' K/V into `cache` and returns float32 logits
+   * [logitRows.length, vocabSize] (on this model's device).
+   */
+  forward(cache: KvCache, batch: ForwardBatch): Tensor {
+    if (!this.weights) throw new InvalidArgumentError('Model has been disposed');
+    const c = this.config;
+    const T = batch.tokenIds.length;
+    if (T === 0) throw new InvalidArgumentError('forward: the batch has no tokens');
+    if (batch.positions.length !== T || batch.slotMapping.length !== T) {
+      throw new InvalidArgumentError(`forward: tokenIds, positions and slotMapping must have the same length (${T}, ${batch.positions.length}, ${batch.slotMapping.length})`);
+    }
+    if (cache.numLayers !== c.numLayers || cache.numKvHeads !== c.numKvHeads || cache.headSize !== c.headDim) {
+      throw new InvalidArgumentError(`forward: the cache is ${cache.numLayers} layers × ${cache.numKvHeads} heads × ${cache.headSize}, the model needs ${c.numLayers} × ${c.numKvHeads} × ${c.headDim}`);
+    }
+    for (const id of batch.tokenIds) {
+      if (id < 0 || id >= c.vocabSize) throw new InvalidArgumentError(`forward: token id ${id} is outside the vocabulary (${c.vocabSize})`);
+    }
+    const stream = cache.stream;
+    const opts = { stream };
+    const temps: Tensor[] = [];
+    const keep = <T extends Tensor>(t: T): T => {
+      temps.push(t);
+      return t;
+    };
+    try {
+      const ids = keep(Tensor.fromArray(batch.tokenIds, [T], opts));
+      const slots = keep(Tensor.fromArray(batch.slotMapping, [T], opts));
+      const positions = keep(Tensor.fromArray(batch.positions, [T], opts));
+      const invFreq = keep(Tensor.fromArray(this.invFreq, [this.invFreq.length], opts));
+      const meta = { blockTables: batch.blockTables, seqLens: batch.seqLens, cuSeqLensQ: batch.cuSeqLensQ, slidingWindow: c.slidingWindow };
+      const residual = keep(embedding(ids, this.embed, { dtype: this.dtype }));
+      let delta: Tensor | null = null;  // what the last block added, not yet in `residual`
+      const I = c.intermediateSize;
+      for (let l = 0; l < this.layers.length; l++) {
+        const w = this.layers[l]!;
+        const x = keep(delta ? rmsNorm(delta, w.inputNorm, c.rmsNormEps, { residual }) : rmsNorm(residual, w.inputNorm, c.rmsNormEps));
+        const q = keep(linear(x, w.q, w.qBias)).view([T, c.numHeads, c.headDim]);
+        const k = keep(linear(x, w.k, w.kBias)).view([T, c.numKvHeads, c.headDim]);
+        const v = keep(linear(x, w.v, w.vBias)).view([T, c.numKvHeads, c.headDim]);
+        temps.push(q, k, v);
+        rope(q, k, positions, invFreq);
+        cache.writeKv(l, k, v, slots);
+        const attn = keep(pagedAttention(q, cache, l, meta)).view([T, c.numHeads * c.headDim]);
+        temps.push(attn);
+        const o = keep(linear(attn, w.o));
+        const h = keep(rmsNorm(o, w.postNorm, c.rmsNormEps, { residual }));
+        const gateUp = keep(Tensor.empty([T, 2 * I], { dtype: this.dtype, stream, category: 'activations' }));
+        const gateView = keep(gateUp.slice(1, 0, I)), upView = keep(gateUp.slice(1, I, 2 * I));
+        linear(h, w.gate, null, { out: gateView });
+        linear(h, w.up, null, { out: upView });
+        const act = keep(siluMul(gateUp));
+        delta = keep(linear(act, w.down));
+      }
+      const final = keep(rmsNorm(delta!, this.norm, c.rmsNormEps, { residual }));
+      const rows = batch.logitRows ? Int32Array.from(batch.logitRows) : null;
+      if (rows) for (const r of rows) if (r < 0 || r >= T) throw new InvalidArgumentError(`forward: logit row ${r} is outside the batch (${T} tokens)`);
+      const picked = rows ? keep(embedding(keep(Tensor.fromArray(rows, [rows.length], opts)), final)) : final;
+      return linear(picked, this.lmHead, null, { dtype: 'float32' });
+    } finally {
+      for (const t of temps) t.dispose();  // stream-ordered: freed after the work that reads them
+    }
+  }
+
+  dispose(): void {
+    if (!this.weights) return;
+    for (const t of this.weights.values()) t.dispose();
+    this.weights = null;
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
