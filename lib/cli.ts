@@ -1,16 +1,25 @@
 #!/usr/bin/env node
 /**
  * The `pagedllm` command: `pagedllm devices` (the default) prints the devices
- * found and the backend chosen; `pagedllm plan` sizes a KV cache. commander
- * parses the arguments.
+ * found and the backend chosen; `pagedllm plan` sizes a KV cache; `pagedllm
+ * generate` runs a model folder greedily; `pagedllm demo` (what `npm start`
+ * runs) makes a small random model and generates with it, reporting memory by
+ * category and speed. commander parses the arguments.
  */
 import { Command } from 'commander';
 
 import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
 
-import { devices, type DevicesReport } from './device';
+import { devices, type DeviceSpec, type DevicesReport } from './device';
 import { InvalidArgumentError, PagedLLMError } from './errors';
+import { generateGreedy, type GenerateResult } from './generate';
+import { MEMORY_CATEGORIES, memoryReport } from './memory';
+import { Model } from './model';
 import { planMemory, type KvDType, type MemoryBudget, type MemoryPlan } from './planner';
+import { makeTestModel } from './test-model';
+import { Tokenizer } from './tokenizer';
 
 function gib(bytes: number): string {
   return `${(bytes / 2 ** 30).toFixed(1)} GiB`;
@@ -133,6 +142,87 @@ program
     });
     if (o.json) console.log(JSON.stringify(plan, null, 2));
     else printPlan(plan);
+  });
+
+function printMemory(device: string): void {
+  const report = memoryReport(device as DeviceSpec);
+  const mib = (b: number): string => `${(b / 2 ** 20).toFixed(2)} MiB`;
+  console.log(`memory (${report.kind} on ${device}): current / peak by category`);
+  for (const c of MEMORY_CATEGORIES) {
+    const u = report.categories?.[c];
+    if (u && u.peak > 0) console.log(`  ${c.padEnd(12)} ${mib(u.current).padStart(12)} / ${mib(u.peak)}`);
+  }
+  if (report.pool) console.log(`  pool reserved ${mib(report.pool.reserved)}, in use ${mib(report.pool.inUse)}`);
+}
+
+async function runGenerate(model: Model, tokenizer: Tokenizer | null, promptIds: number[], maxTokens: number): Promise<GenerateResult> {
+  return generateGreedy(model, promptIds, { maxTokens, stopTokenIds: tokenizer?.eosTokenIds ?? [] });
+}
+
+program
+  .command('generate')
+  .description('generate greedily from a Hugging Face model folder (Llama, Mistral, Qwen2; fp32/fp16/bf16 weights)')
+  .requiredOption('--model <dir>', 'the model folder (config.json, *.safetensors, tokenizer.json)')
+  .option('--prompt <text>', 'the prompt text (encoded with the folder\'s tokenizer.json)')
+  .option('--prompt-ids <ids>', 'the prompt as token ids, e.g. 1,450,4996')
+  .option('--max-tokens <n>', 'tokens to generate', '16')
+  .option('--device <device>', 'cpu, cuda, cuda:N or auto', 'auto')
+  .option('--json', 'print one JSON object')
+  .action(async (o: { model: string; prompt?: string; promptIds?: string; maxTokens: string; device: string; json?: boolean }) => {
+    if ((o.prompt === undefined) === (o.promptIds === undefined)) throw new InvalidArgumentError('give exactly one of --prompt and --prompt-ids');
+    const maxTokens = parseNumber(o.maxTokens, '--max-tokens');
+    const device = o.device === 'auto' ? devices().selected : o.device;
+    const tokenizer = o.prompt !== undefined || fs.existsSync(path.join(o.model, 'tokenizer.json')) ? await Tokenizer.fromFolder(o.model) : null;
+    const promptIds = o.promptIds !== undefined
+      ? o.promptIds.split(',').map((t) => parseNumber(t, '--prompt-ids'))
+      : tokenizer!.encode(o.prompt!);
+    const model = await Model.load(o.model, { device: device as DeviceSpec });
+    try {
+      const r = await runGenerate(model, tokenizer, promptIds, maxTokens);
+      const text = tokenizer ? tokenizer.decode(r.tokenIds, { skipSpecialTokens: true }) : null;
+      if (o.json) {
+        console.log(JSON.stringify({
+          choices: [{ tokenIds: r.tokenIds, text, finishReason: r.finishReason }],
+          usage: { promptTokens: r.promptTokens, completionTokens: r.tokenIds.length },
+          timings: { prefillMs: r.prefillMs, decodeTokensPerSecond: Number.isFinite(r.decodeTokensPerSecond) ? r.decodeTokensPerSecond : null },
+        }));
+      } else {
+        console.log(text ?? r.tokenIds.join(' '));
+        console.error(`${r.tokenIds.length} tokens (${r.finishReason}); prefill ${r.promptTokens} tokens in ${r.prefillMs.toFixed(1)} ms; decode ${r.decodeTokensPerSecond.toFixed(1)} tokens/s`);
+      }
+    } finally {
+      model.dispose();
+    }
+  });
+
+program
+  .command('demo')
+  .description('make a small random Llama-shaped model, load it and generate with it (no download; what `npm start` runs)')
+  .option('--device <device>', 'cpu, cuda, cuda:N or auto', 'auto')
+  .option('--max-tokens <n>', 'tokens to generate', '48')
+  .action(async (o: { device: string; maxTokens: string }) => {
+    const device = o.device === 'auto' ? devices().selected : o.device;
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pagedllm-demo-'));
+    try {
+      const shape = { arch: 'llama' as const, hidden: 256, layers: 4, heads: 4, kvHeads: 2, intermediate: 704, vocab: 2048, dtype: 'float16' as const, initStd: 0.05, seed: 1 };
+      console.log(`pagedllm demo on ${device}: a random Llama-shaped model (hidden ${shape.hidden}, ${shape.layers} layers, ${shape.heads} heads / ${shape.kvHeads} KV heads, vocab ${shape.vocab}, ${shape.dtype} weights) in ${dir}`);
+      await makeTestModel({ ...shape, out: dir });
+      const tokenizer = await Tokenizer.fromFolder(dir);
+      const model = await Model.load(dir, { device: device as DeviceSpec });
+      try {
+        const prompt = 'The paged KV cache keeps every sequence in fixed-size blocks, so memory is never reserved for tokens that do not exist.';
+        const ids = tokenizer.encode(prompt);
+        const r = await runGenerate(model, tokenizer, ids, parseNumber(o.maxTokens, '--max-tokens'));
+        console.log(`prompt: ${ids.length} tokens; generated ${r.tokenIds.length} tokens greedily (${r.finishReason}); the weights are random, so the tokens are noise:`);
+        console.log(`  [${r.tokenIds.slice(0, 24).join(', ')}${r.tokenIds.length > 24 ? ', …' : ''}]`);
+        console.log(`prefill ${(r.promptTokens / (r.prefillMs / 1000)).toFixed(0)} tokens/s (${r.prefillMs.toFixed(1)} ms); decode ${r.decodeTokensPerSecond.toFixed(1)} tokens/s; KV cache ${r.kvBlocks} blocks of 16 tokens`);
+        printMemory(device);
+      } finally {
+        model.dispose();
+      }
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
   });
 
 program.parseAsync(process.argv).catch((error: unknown) => {

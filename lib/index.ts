@@ -84,3 +84,5 @@ export { makeTestModel, makeTestTokenizer, TEST_MODEL_SPECIAL_IDS } from './test
 export type { TestModel, TestModelOptions, TestModelArch, TestModelDType, TestModelRopeScaling } from './test-model';
 export { Model, parseLlamaConfig } from './model';
 export type { LlamaConfig, ModelArchitecture, ForwardBatch, LoadOptions } from './model';
+export { generateGreedy } from './generate';
+export type { GenerateOptions, GenerateResult } from './generate';

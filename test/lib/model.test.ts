@@ -3,6 +3,7 @@
 // sliding window, SwiGLU, tied embeddings, Qwen2 q/k/v biases), on random models made by
 // makeTestModel: logits of a whole prompt, greedy decoding step by step through the paged KV
 // cache, and a batch mixing a prefill chunk with a decode row.
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -11,6 +12,7 @@ import {
   BlockManager,
   bfloat16ToFloat32,
   float16ToFloat32,
+  generateGreedy,
   KvCache,
   makeTestModel,
   Model,
@@ -270,4 +272,31 @@ test('bad model folders give typed errors naming the file', async () => {
   await expect(Model.load(dir)).rejects.toThrow(ModelFormatError);
   fs.writeFileSync(configFile, '{"hidden_size": ');
   await expect(Model.load(dir)).rejects.toThrow(ModelFormatError);
+});
+
+test('generateGreedy and `pagedllm generate --json` give the reference\'s greedy tokens; a bad folder exits non-zero with the code', async () => {
+  const dir = path.join(tmp, 'cli');
+  await makeTestModel({ ...base, out: dir, seed: 11 });
+  const ref = await loadReference(dir);
+  const prompt = [1, 40, 41, 42, 43];
+  const model = await Model.load(dir);
+  const r = await generateGreedy(model, prompt, { maxTokens: 5, blockSize: 8 });
+  model.dispose();
+  const tokens = [...prompt];
+  for (let i = 0; i < 5; i++) {
+    const logits = referenceLogits(ref, tokens);
+    tokens.push(argmax(logits[tokens.length - 1]!));
+  }
+  expect(r.tokenIds).toEqual(tokens.slice(prompt.length));
+  expect(r.finishReason).toBe('length');
+  const cli = path.resolve(__dirname, '..', '..', 'dist', 'cli.js');
+  const run = spawnSync(process.execPath, [cli, 'generate', '--model', dir, '--prompt-ids', prompt.join(','), '--max-tokens', '5', '--device', 'cpu', '--json'], { encoding: 'utf8' });
+  expect(run.status).toBe(0);
+  const out = JSON.parse(run.stdout) as { choices: { tokenIds: number[]; finishReason: string }[]; usage: { promptTokens: number; completionTokens: number } };
+  expect(out.choices[0]!.tokenIds).toEqual(r.tokenIds);
+  expect(out.usage).toEqual({ promptTokens: 5, completionTokens: 5 });
+  fs.writeFileSync(path.join(dir, 'model.safetensors'), 'not a safetensors file');
+  const bad = spawnSync(process.execPath, [cli, 'generate', '--model', dir, '--prompt-ids', '1,2', '--device', 'cpu'], { encoding: 'utf8' });
+  expect(bad.status).not.toBe(0);
+  expect(bad.stderr).toContain('ERR_MODEL_FORMAT');
 });
