@@ -2,7 +2,7 @@
 /**
  * The `pagedllm` command: `pagedllm devices` (the default) prints the devices
  * found and the backend chosen; `pagedllm plan` sizes a KV cache; `pagedllm
- * generate` runs a model folder greedily; `pagedllm demo` (what `npm start`
+ * generate` runs a model folder; `pagedllm demo` (what `npm start`
  * runs) makes a small random model and generates with it, reporting memory by
  * category and speed. commander parses the arguments.
  */
@@ -14,11 +14,12 @@ import * as path from 'node:path';
 
 import { devices, type DeviceSpec, type DevicesReport } from './device';
 import { InvalidArgumentError, PagedLLMError } from './errors';
-import { generateGreedy, type GenerateResult } from './generate';
+import { generate, type GenerateResult } from './generate';
 import { MEMORY_CATEGORIES, memoryReport } from './memory';
 import { Model } from './model';
 import { planMemory, type KvDType, type MemoryBudget, type MemoryPlan } from './planner';
 import { makeTestModel } from './test-model';
+import { type SamplingParams } from './sampling';
 import { Tokenizer } from './tokenizer';
 
 function gib(bytes: number): string {
@@ -155,20 +156,25 @@ function printMemory(device: string): void {
   if (report.pool) console.log(`  pool reserved ${mib(report.pool.reserved)}, in use ${mib(report.pool.inUse)}`);
 }
 
-async function runGenerate(model: Model, tokenizer: Tokenizer | null, promptIds: number[], maxTokens: number): Promise<GenerateResult> {
-  return generateGreedy(model, promptIds, { maxTokens, stopTokenIds: tokenizer?.eosTokenIds ?? [] });
+async function runGenerate(model: Model, tokenizer: Tokenizer | null, promptIds: number[], maxTokens: number, sampling: SamplingParams = {}): Promise<GenerateResult> {
+  return generate(model, promptIds, { maxTokens, stopTokenIds: tokenizer?.eosTokenIds ?? [], sampling });
 }
 
 program
   .command('generate')
-  .description('generate greedily from a Hugging Face model folder (Llama, Mistral, Qwen2; fp32/fp16/bf16 weights)')
+  .description('generate from a Hugging Face model folder (Llama, Mistral, Qwen2; fp32/fp16/bf16 weights); greedy unless --temperature > 0')
   .requiredOption('--model <dir>', 'the model folder (config.json, *.safetensors, tokenizer.json)')
   .option('--prompt <text>', 'the prompt text (encoded with the folder\'s tokenizer.json)')
   .option('--prompt-ids <ids>', 'the prompt as token ids, e.g. 1,450,4996')
   .option('--max-tokens <n>', 'tokens to generate', '16')
+  .option('--temperature <t>', 'sampling temperature (0: greedy)', '0')
+  .option('--top-k <k>', 'keep the k most likely tokens (0: all)', '0')
+  .option('--top-p <p>', 'nucleus sampling threshold', '1')
+  .option('--min-p <p>', 'drop tokens below min-p × the most likely', '0')
+  .option('--seed <s>', 'random seed (the same seed gives the same tokens)')
   .option('--device <device>', 'cpu, cuda, cuda:N or auto', 'auto')
   .option('--json', 'print one JSON object')
-  .action(async (o: { model: string; prompt?: string; promptIds?: string; maxTokens: string; device: string; json?: boolean }) => {
+  .action(async (o: { model: string; prompt?: string; promptIds?: string; maxTokens: string; temperature: string; topK: string; topP: string; minP: string; seed?: string; device: string; json?: boolean }) => {
     if ((o.prompt === undefined) === (o.promptIds === undefined)) throw new InvalidArgumentError('give exactly one of --prompt and --prompt-ids');
     const maxTokens = parseNumber(o.maxTokens, '--max-tokens');
     const device = o.device === 'auto' ? devices().selected : o.device;
@@ -178,7 +184,11 @@ program
       : tokenizer!.encode(o.prompt!);
     const model = await Model.load(o.model, { device: device as DeviceSpec });
     try {
-      const r = await runGenerate(model, tokenizer, promptIds, maxTokens);
+      const sampling: SamplingParams = {
+        temperature: parseNumber(o.temperature, '--temperature'), topK: parseNumber(o.topK, '--top-k'), topP: parseNumber(o.topP, '--top-p'),
+        minP: parseNumber(o.minP, '--min-p'), ...(o.seed === undefined ? {} : { seed: parseNumber(o.seed, '--seed') }),
+      };
+      const r = await runGenerate(model, tokenizer, promptIds, maxTokens, sampling);
       const text = tokenizer ? tokenizer.decode(r.tokenIds, { skipSpecialTokens: true }) : null;
       if (o.json) {
         console.log(JSON.stringify({

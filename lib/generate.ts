@@ -1,18 +1,20 @@
 /**
- * Greedy generation for one request: prefill the prompt, then decode a token at a time
- * through the paged KV cache (BlockManager slots, KvCache, Model.forward). The continuous-
- * batching Engine (many requests, sampling, preemption) builds on the same pieces; this is the
- * single-request path the CLI and the demo use today.
+ * Generation for one request: prefill the prompt, then decode a token at a time through the
+ * paged KV cache (BlockManager slots, KvCache, Model.forward), sampling each token
+ * (lib/sampling.ts; greedy by default). The continuous-batching Engine (many requests,
+ * preemption) builds on the same pieces; this is the single-request path the CLI and the demo
+ * use today.
  *
  * @example
  * const model = await Model.load(dir);
- * const { tokenIds } = await generateGreedy(model, [1, 450, 4996], { maxTokens: 16 });
+ * const { tokenIds } = await generate(model, [1, 450, 4996], { maxTokens: 16, sampling: { temperature: 0.7, topP: 0.9, seed: 1 } });
  */
 import { BlockManager } from './block-manager';
 import { type DeviceSpec } from './device';
 import { InvalidArgumentError } from './errors';
 import { KvCache, type KvCacheDType } from './kv-cache';
 import { type Model } from './model';
+import { checkSamplingParams, sampleToken, samplerRng, type SamplingParams } from './sampling';
 
 export interface GenerateOptions {
   maxTokens: number;
@@ -22,12 +24,18 @@ export interface GenerateOptions {
   blockSize?: number;
   /** Default float32 on the CPU, float16 elsewhere. */
   kvDtype?: KvCacheDType;
+  /** Default greedy ({ temperature: 0 }). */
+  sampling?: SamplingParams;
+  /** Return each token's logprob under the sampling distribution. */
+  logprobs?: boolean;
   /** Called with each new token as soon as it is known. */
   onToken?: (tokenId: number) => void;
 }
 
 export interface GenerateResult {
   tokenIds: number[];
+  /** With `logprobs`: one per token. */
+  logprobs?: number[];
   finishReason: 'length' | 'stop';
   promptTokens: number;
   prefillMs: number;
@@ -37,13 +45,7 @@ export interface GenerateResult {
   kvBlocks: number;
 }
 
-function argmax(v: Float32Array): number {
-  let best = 0;
-  for (let i = 1; i < v.length; i++) if (v[i]! > v[best]!) best = i;
-  return best;
-}
-
-export async function generateGreedy(model: Model, promptIds: readonly number[], options: GenerateOptions): Promise<GenerateResult> {
+export async function generate(model: Model, promptIds: readonly number[], options: GenerateOptions): Promise<GenerateResult> {
   const { maxTokens } = options;
   if (!Number.isSafeInteger(maxTokens) || maxTokens < 1) throw new InvalidArgumentError(`generate: maxTokens must be a positive integer, got ${String(maxTokens)}`);
   if (!Array.isArray(promptIds) || promptIds.length === 0) throw new InvalidArgumentError('generate: the prompt needs at least one token');
@@ -57,7 +59,15 @@ export async function generateGreedy(model: Model, promptIds: readonly number[],
   const cache = new KvCache({ ...model.kvCacheShape(), numBlocks, blockSize, kvDtype, device: model.device as DeviceSpec });
   const blocks = new BlockManager({ numBlocks, blockSize, watermark: 0 });
   const stops = new Set(options.stopTokenIds ?? []);
+  const sampling = checkSamplingParams(options.sampling ?? { temperature: 0 });
+  const rng = samplerRng(sampling.seed);
   const out: number[] = [];
+  const logprobs: number[] = [];
+  const pick = (logits: Float32Array): number => {
+    const s = sampleToken(logits, sampling, rng, { prompt: promptIds, output: out });
+    if (options.logprobs) logprobs.push(s.logprob);
+    return s.tokenId;
+  };
   try {
     const seq = 'request';
     const started = performance.now();
@@ -67,7 +77,7 @@ export async function generateGreedy(model: Model, promptIds: readonly number[],
       blockTables: [[...blocks.blockTable(seq)]], seqLens: [promptIds.length], cuSeqLensQ: [0, promptIds.length],
       logitRows: [promptIds.length - 1],
     });
-    let next = argmax((await prefill.toArray()) as Float32Array);
+    let next = pick((await prefill.toArray()) as Float32Array);
     prefill.dispose();
     const prefillMs = performance.now() - started;
     const decodeStart = performance.now();
@@ -86,12 +96,12 @@ export async function generateGreedy(model: Model, promptIds: readonly number[],
         tokenIds: Int32Array.of(next), positions: Int32Array.of(position), slotMapping: slot.slotMapping,
         blockTables: [[...blocks.blockTable(seq)]], seqLens: [position + 1],
       });
-      next = argmax((await logits.toArray()) as Float32Array);
+      next = pick((await logits.toArray()) as Float32Array);
       logits.dispose();
     }
     const decodeMs = performance.now() - decodeStart;
     return {
-      tokenIds: out, finishReason, promptTokens: promptIds.length, prefillMs, decodeMs,
+      tokenIds: out, ...(options.logprobs ? { logprobs } : {}), finishReason, promptTokens: promptIds.length, prefillMs, decodeMs,
       decodeTokensPerSecond: out.length > 1 ? ((out.length - 1) * 1000) / decodeMs : NaN, kvBlocks: numBlocks,
     };
   } finally {

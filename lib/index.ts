@@ -84,5 +84,7 @@ export { makeTestModel, makeTestTokenizer, TEST_MODEL_SPECIAL_IDS } from './test
 export type { TestModel, TestModelOptions, TestModelArch, TestModelDType, TestModelRopeScaling } from './test-model';
 export { Model, parseLlamaConfig } from './model';
 export type { LlamaConfig, ModelArchitecture, ForwardBatch, LoadOptions } from './model';
-export { generateGreedy } from './generate';
+export { generate } from './generate';
+export { sampleToken, samplerRng, checkSamplingParams } from './sampling';
+export type { SamplingParams, SampleContext, Sample, Rng } from './sampling';
 export type { GenerateOptions, GenerateResult } from './generate';

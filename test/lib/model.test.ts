@@ -12,7 +12,7 @@ import {
   BlockManager,
   bfloat16ToFloat32,
   float16ToFloat32,
-  generateGreedy,
+  generate,
   KvCache,
   makeTestModel,
   Model,
@@ -274,13 +274,19 @@ test('bad model folders give typed errors naming the file', async () => {
   await expect(Model.load(dir)).rejects.toThrow(ModelFormatError);
 });
 
-test('generateGreedy and `pagedllm generate --json` give the reference\'s greedy tokens; a bad folder exits non-zero with the code', async () => {
+test('generate (greedy) and `pagedllm generate --json` give the reference\'s greedy tokens; a bad folder exits non-zero with the code', async () => {
   const dir = path.join(tmp, 'cli');
   await makeTestModel({ ...base, out: dir, seed: 11 });
   const ref = await loadReference(dir);
   const prompt = [1, 40, 41, 42, 43];
   const model = await Model.load(dir);
-  const r = await generateGreedy(model, prompt, { maxTokens: 5, blockSize: 8 });
+  const r = await generate(model, prompt, { maxTokens: 5, blockSize: 8 });
+  // Sampling through the whole path: the same seed gives the same tokens, and logprobs come back.
+  const sampled = async (seed: number) => generate(model, prompt, { maxTokens: 8, sampling: { temperature: 1.5, seed }, logprobs: true });
+  const [s1, s2] = [await sampled(5), await sampled(5)];
+  expect(s1.tokenIds).toEqual(s2.tokenIds);
+  expect(s1.logprobs).toHaveLength(8);
+  expect(s1.logprobs!.every((l) => l <= 0 && Number.isFinite(l))).toBe(true);
   model.dispose();
   const tokens = [...prompt];
   for (let i = 0; i < 5; i++) {

@@ -1,0 +1,75 @@
+// Sampling: greedy, temperature, top-k, top-p, min-p and the penalties against distributions
+// computed here by hand, seeded determinism, empirical frequencies, and exact errors.
+import { checkSamplingParams, InvalidArgumentError, sampleToken, samplerRng } from '../../lib';
+
+const logits = Float32Array.from([2.0, 1.0, 0.5, 3.0, -1.0]);
+
+function softmax(x: number[]): number[] {
+  const m = Math.max(...x);
+  const e = x.map((v) => Math.exp(v - m));
+  const s = e.reduce((a, b) => a + b, 0);
+  return e.map((v) => v / s);
+}
+
+function frequencies(params: Parameters<typeof sampleToken>[1], n = 20000, context = {}): number[] {
+  const rng = samplerRng(123);
+  const counts = new Array<number>(logits.length).fill(0);
+  for (let i = 0; i < n; i++) counts[sampleToken(logits, params, rng, context).tokenId]!++;
+  return counts.map((c) => c / n);
+}
+
+test('temperature 0 is greedy, with the logprob of the full softmax', () => {
+  const s = sampleToken(logits, { temperature: 0 }, samplerRng(1));
+  expect(s.tokenId).toBe(3);
+  expect(s.logprob).toBeCloseTo(Math.log(softmax([...logits])[3]!), 6);
+});
+
+test('temperature 1 draws from the softmax; temperature scales it', () => {
+  const f = frequencies({ temperature: 1 });
+  softmax([...logits]).forEach((p, i) => expect(Math.abs(f[i]! - p)).toBeLessThan(0.015));
+  const hot = frequencies({ temperature: 2 });
+  softmax([...logits].map((v) => v / 2)).forEach((p, i) => expect(Math.abs(hot[i]! - p)).toBeLessThan(0.015));
+});
+
+test('top-k, top-p and min-p keep exactly the tokens they should', () => {
+  // Sorted: 3 (3.0), 0 (2.0), 1 (1.0), 2 (0.5), 4 (-1.0); p ≈ .610 .224 .083 .050 .034
+  const topK = frequencies({ topK: 2 });
+  expect(topK[1]).toBe(0);
+  expect(topK[2]).toBe(0);
+  const pk = softmax([3, 2]);
+  expect(Math.abs(topK[3]! - pk[0]!)).toBeLessThan(0.015);
+  const topP = frequencies({ topP: 0.8 });  // .610 < .8 ≤ .834: tokens 3 and 0
+  expect(topP[1]! + topP[2]! + topP[4]!).toBe(0);
+  const minP = frequencies({ minP: 0.1 });  // floor .061: keeps 3, 0, 1
+  expect(minP[2]! + minP[4]!).toBe(0);
+  expect(minP[1]!).toBeGreaterThan(0);
+});
+
+test('penalties follow vLLM: repetition divides positive / multiplies negative logits, presence and frequency subtract', () => {
+  const greedy = (params: object, context: object): number => sampleToken(logits, { temperature: 0, ...params }, samplerRng(1), context).tokenId;
+  expect(greedy({ repetitionPenalty: 2 }, { prompt: [3] })).toBe(0);  // 3.0 / 2 = 1.5 < 2.0
+  expect(greedy({ repetitionPenalty: 1.4 }, { prompt: [3] })).toBe(3);  // 3.0 / 1.4 = 2.14 > 2.0
+  expect(greedy({ presencePenalty: 1.5 }, { output: [3] })).toBe(0);  // 1.5 < 2.0
+  expect(greedy({ frequencyPenalty: 0.6 }, { output: [3] })).toBe(3);  // 2.4 > 2.0
+  expect(greedy({ frequencyPenalty: 0.6 }, { output: [3, 3] })).toBe(0);  // 1.8 < 2.0
+  // The prompt counts only for the repetition penalty.
+  expect(greedy({ presencePenalty: 5 }, { prompt: [3] })).toBe(3);
+});
+
+test('the same seed gives the same tokens; different seeds differ', () => {
+  const draw = (seed: number): number[] => {
+    const rng = samplerRng(seed);
+    return Array.from({ length: 50 }, () => sampleToken(logits, { temperature: 1.5 }, rng).tokenId);
+  };
+  expect(draw(7)).toEqual(draw(7));
+  expect(draw(7)).not.toEqual(draw(8));
+});
+
+test('bad parameters get exact errors', () => {
+  expect(() => checkSamplingParams({ temperature: -1 })).toThrow(new InvalidArgumentError('sampling: temperature must be a number ≥ 0, got -1'));
+  expect(() => checkSamplingParams({ topP: 0 })).toThrow('sampling: topP must be in (0, 1], got 0');
+  expect(() => checkSamplingParams({ topK: 1.5 })).toThrow('sampling: topK must be an integer ≥ −1 (0 or −1: off), got 1.5');
+  expect(() => checkSamplingParams({ repetitionPenalty: 0 })).toThrow('sampling: repetitionPenalty must be a number > 0, got 0');
+  expect(() => samplerRng(1.5)).toThrow('sampling: seed must be an integer, got 1.5');
+  expect(() => sampleToken(new Float32Array(0), {}, samplerRng(1))).toThrow('sampling: empty logits');
+});
