@@ -17,28 +17,15 @@
 #include "pagedllm/memory_resource.h"
 #include "pagedllm/paged_attention.h"
 #include "pagedllm/tensor_ops.h"
+#include "cuda_test.h"
 
 using namespace pagedllm;
 
 namespace {
 
-void require_cuda() {
-  static const CudaInfo info = cuda_info();
-  if (!info.available) SKIP("no CUDA device: ", info.reason);
-}
-
-std::shared_ptr<Stream> gpu() { return default_stream(Device{DeviceKind::Cuda, 0}); }
-
-// Device memory freed (stream-ordered) when it goes out of scope.
-struct DeviceBuffer {
-  DeviceBuffer(size_t n, std::shared_ptr<Stream> s) : bytes(n), stream(std::move(s)) {
-    ptr = default_memory_resource(stream->device())->allocate(bytes, *stream);
-  }
-  ~DeviceBuffer() { default_memory_resource(stream->device())->deallocate(ptr, bytes, *stream); }
-  size_t bytes;
-  std::shared_ptr<Stream> stream;
-  void* ptr;
-};
+using test::DeviceBuffer;
+using test::gpu;
+using test::require_cuda;
 
 // Device copies of host arrays, alive as long as this object.
 struct DeviceArrays {

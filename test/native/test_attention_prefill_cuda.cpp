@@ -21,6 +21,7 @@
 #include "pagedllm/memory_resource.h"
 #include "pagedllm/paged_attention.h"
 #include "pagedllm/tensor_ops.h"
+#include "cuda_test.h"
 
 using namespace pagedllm;
 using test::AttentionCase;
@@ -28,30 +29,9 @@ using test::AttentionSpec;
 
 namespace {
 
-void require_cuda() {
-  static const CudaInfo info = cuda_info();
-  if (!info.available) SKIP("no CUDA device: ", info.reason);
-}
-
-std::shared_ptr<Stream> gpu() { return default_stream(Device{DeviceKind::Cuda, 0}); }
-
-// Device memory freed (stream-ordered) when it goes out of scope; a copy of `bytes` host bytes.
-struct DeviceBuffer {
-  DeviceBuffer(const void* host, size_t n, std::shared_ptr<Stream> s) : bytes(n), stream(std::move(s)) {
-    ptr = default_memory_resource(stream->device())->allocate(bytes, *stream);
-    if (bytes) upload(host, ptr, bytes, *stream);
-  }
-  template <typename T>
-  explicit DeviceBuffer(const std::vector<T>& v) : DeviceBuffer(v.data(), v.size() * sizeof(T), gpu()) {}
-  ~DeviceBuffer() { default_memory_resource(stream->device())->deallocate(ptr, bytes, *stream); }
-  DeviceBuffer(const DeviceBuffer&) = delete;
-  DeviceBuffer& operator=(const DeviceBuffer&) = delete;
-  template <typename T>
-  T* get() const { return bytes ? static_cast<T*>(ptr) : nullptr; }
-  size_t bytes;
-  std::shared_ptr<Stream> stream;
-  void* ptr;
-};
+using test::DeviceBuffer;
+using test::gpu;
+using test::require_cuda;
 
 // Runs the kernel on device copies of the case; the output starts as 0xff bytes (NaN in every dtype).
 std::vector<unsigned char> run_cuda(const AttentionCase& c) {

@@ -11,6 +11,7 @@
 #include <tuple>
 #include <vector>
 
+#include "cuda_test.h"
 #include "harness.h"
 #include "model_ops_reference.h"
 #include "pagedllm/device.h"
@@ -23,30 +24,15 @@ using test::HostTensor;
 
 namespace {
 
-void require_cuda() {
-  static const CudaInfo info = cuda_info();
-  if (!info.available) SKIP("no CUDA device: ", info.reason);
-}
-
-std::shared_ptr<Stream> gpu() { return default_stream(Device{DeviceKind::Cuda, 0}); }
+using test::gpu;
+using test::require_cuda;
 
 // A device copy of a host tensor (or of raw bytes), freed stream-ordered.
-struct DeviceCopy {
-  DeviceCopy(const void* host, size_t n) : bytes(std::max<size_t>(n, 1)), stream(gpu()) {
-    ptr = default_memory_resource(stream->device())->allocate(bytes, *stream);
-    if (n) upload(host, ptr, n, *stream);
-  }
-  explicit DeviceCopy(const HostTensor& t) : DeviceCopy(t.data(), t.bytes.size()) {}
-  ~DeviceCopy() { default_memory_resource(stream->device())->deallocate(ptr, bytes, *stream); }
-  DeviceCopy(const DeviceCopy&) = delete;
+struct DeviceCopy : test::DeviceBuffer {
+  using DeviceBuffer::DeviceBuffer;
+  explicit DeviceCopy(const HostTensor& t) : DeviceBuffer(t.data(), t.bytes.size()) {}
   // Downloads into `t` (same size) after all queued work.
-  void read(HostTensor& t) const {
-    download(ptr, t.data(), t.bytes.size(), *stream, [] {});
-    stream->synchronize();
-  }
-  size_t bytes;
-  std::shared_ptr<Stream> stream;
-  void* ptr;
+  void read(HostTensor& t) const { DeviceBuffer::read(t.data(), t.bytes.size()); }
 };
 
 constexpr DType kFloats[] = {DType::Float32, DType::Float16, DType::BFloat16};

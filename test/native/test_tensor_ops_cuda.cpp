@@ -6,6 +6,7 @@
 #include <random>
 #include <vector>
 
+#include "cuda_test.h"
 #include "harness.h"
 #include "pagedllm/convert.h"
 #include "pagedllm/memory_resource.h"
@@ -16,31 +17,13 @@ using namespace pagedllm;
 
 namespace {
 
-void require_cuda() {
-  static const CudaInfo info = cuda_info();
-  if (!info.available) SKIP("no CUDA device: ", info.reason);
-}
+using test::DeviceBuffer;
+using test::gpu;
+using test::require_cuda;
 
-// Device memory freed (stream-ordered) when it goes out of scope.
-struct DeviceBuffer {
-  DeviceBuffer(size_t n, std::shared_ptr<Stream> s) : bytes(n), stream(std::move(s)) {
-    ptr = default_memory_resource(stream->device())->allocate(bytes, *stream);
-  }
-  ~DeviceBuffer() { default_memory_resource(stream->device())->deallocate(ptr, bytes, *stream); }
-  size_t bytes;
-  std::shared_ptr<Stream> stream;
-  void* ptr;
-};
-
-std::shared_ptr<Stream> gpu() { return default_stream(Device{DeviceKind::Cuda, 0}); }
 std::shared_ptr<Stream> cpu() { return default_stream(Device{DeviceKind::Cpu, 0}); }
 
-std::vector<unsigned char> to_host(const DeviceBuffer& buffer) {
-  std::vector<unsigned char> host(buffer.bytes);
-  download(buffer.ptr, host.data(), host.size(), *buffer.stream, [] {});
-  buffer.stream->synchronize();
-  return host;
-}
+std::vector<unsigned char> to_host(const DeviceBuffer& buffer) { return buffer.to_host(); }
 
 }  // namespace
 
