@@ -48,61 +48,17 @@ void attention_tile_avx2(const TileJob& job);
 }  // namespace pagedllm::attention_cpu
 
 #ifdef PAGEDLLM_TILE_IMPLEMENTATION
-#if PAGEDLLM_TILE_AVX2
-#include <immintrin.h>
-#endif
+#include "simd.h"
 
 namespace pagedllm::attention_cpu {
 namespace PAGEDLLM_TILE_NAMESPACE {
 
-// ---- element sources --------------------------------------------------------------------
-// A K or V row is read straight from the cache in its own dtype (F32, F16, BF16, I8; the
-// int8 scale is applied by the caller per row), or from a float32 scratch copy (F32) when
-// a tile reuses each row for several query vectors (GQA) or the dtype has no vector
-// conversion (fp8).
+using namespace simd::PAGEDLLM_TILE_NAMESPACE;
 
-struct SrcF32 {
-  using T = float;
-#if PAGEDLLM_TILE_AVX2
-  static __m256 load8(const T* p) { return _mm256_loadu_ps(p); }
-#endif
-  static float load1(const T* p) { return *p; }
-};
-struct SrcF16 {
-  using T = uint16_t;
-#if PAGEDLLM_TILE_AVX2
-  static __m256 load8(const T* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
-#endif
-  static float load1(const T* p) { return half_bits_to_float(*p); }
-};
-struct SrcBF16 {
-  using T = uint16_t;
-#if PAGEDLLM_TILE_AVX2
-  static __m256 load8(const T* p) {
-    const __m256i w = _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-    return _mm256_castsi256_ps(_mm256_slli_epi32(w, 16));
-  }
-#endif
-  static float load1(const T* p) { return bfloat16_bits_to_float(*p); }
-};
-struct SrcI8 {
-  using T = int8_t;
-#if PAGEDLLM_TILE_AVX2
-  static __m256 load8(const T* p) {
-    return _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(reinterpret_cast<const __m128i*>(p))));
-  }
-#endif
-  static float load1(const T* p) { return static_cast<float>(*p); }
-};
-
-#if PAGEDLLM_TILE_AVX2
-inline float hsum(__m256 s) {
-  __m128 r = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps(s, 1));
-  r = _mm_add_ps(r, _mm_movehl_ps(r, r));
-  r = _mm_add_ss(r, _mm_movehdup_ps(r));
-  return _mm_cvtss_f32(r);
-}
-#endif
+// Element sources (cpu/simd.h): a K or V row is read straight from the cache in its own dtype
+// (F32, F16, BF16, I8; the int8 scale is applied by the caller per row), or from a float32
+// scratch copy (F32) when a tile reuses each row for several query vectors (GQA) or the dtype
+// has no vector conversion (fp8).
 
 // out[t] = q · k_t for n rows k_t = k + t·D (D a multiple of 16): four rows at a time share
 // each load of q, eight independent accumulator chains.
