@@ -177,6 +177,60 @@ export function pagedAttention(query: Tensor, cache: KvCache, layer: number, opt
   }
 }
 
+/** Batch metadata validated and uploaded once, for pagedAttention calls over every layer of one step. */
+export interface AttentionMetadata {
+  blockTables: Tensor;
+  seqLens: Tensor;
+  cuSeqLensQ?: Tensor;
+  maxSeqLen: number;
+  maxQueryLen: number;
+  /** Frees the uploaded tensors (stream-ordered: after the calls already enqueued). */
+  dispose(): void;
+}
+
+/**
+ * Checks a step's metadata as pagedAttention does (block ids inside the cache, lengths
+ * consistent with `numTokens`) and uploads it once: pass the result as the options of every
+ * layer's pagedAttention (with the same slidingWindow), then dispose it. A forward pass saves
+ * a validation and three uploads per layer.
+ *
+ * @example
+ * const meta = uploadAttentionMetadata(cache, T, { blockTables, seqLens, cuSeqLensQ });
+ * for (let l = 0; l < layers; l++) pagedAttention(q[l], cache, l, meta);
+ * meta.dispose();
+ */
+export function uploadAttentionMetadata(
+  cache: KvCache,
+  numTokens: number,
+  options: Pick<PagedAttentionOptions, 'blockTables' | 'seqLens' | 'cuSeqLensQ' | 'slidingWindow'>,
+): AttentionMetadata {
+  if (!Number.isSafeInteger(numTokens) || numTokens < 0) throw new InvalidArgumentError(`uploadAttentionMetadata: numTokens must be a non-negative integer, got ${String(numTokens)}`);
+  const meta = metadata(options, cache, numTokens);
+  const tensors: Tensor[] = [];
+  const upload = (data: Tensor | Int32Array, shape: number[]): Tensor => {
+    if (data instanceof Tensor) return data;
+    const t = Tensor.fromArray(data, shape, { stream: cache.stream });
+    tensors.push(t);
+    return t;
+  };
+  try {
+    const result: AttentionMetadata = {
+      blockTables: upload(meta.blockTables, [meta.numSeqs, meta.maxBlocksPerSeq]),
+      seqLens: upload(meta.seqLens, [meta.numSeqs]),
+      ...(meta.cuSeqLensQ === null ? {} : { cuSeqLensQ: upload(meta.cuSeqLensQ, [meta.numSeqs + 1]) }),
+      maxSeqLen: meta.maxSeqLen,
+      maxQueryLen: meta.maxQueryLen,
+      dispose: () => {
+        for (const t of tensors) t.dispose();
+      },
+    };
+    return result;
+  } catch (error) {
+    for (const t of tensors) t.dispose();
+    throw error;
+  }
+}
+
 // ---- internals ------------------------------------------------------------------------
 
 function scalarParams(dtype: DType, kvDtype: KvCacheDType): {

@@ -88,3 +88,16 @@ export { generate } from './generate';
 export { sampleToken, samplerRng, checkSamplingParams } from './sampling';
 export type { SamplingParams, SampleContext, Sample, Rng } from './sampling';
 export type { GenerateOptions, GenerateResult } from './generate';
+export { Engine, GenerationStream } from './engine';
+export type {
+  EngineOptions,
+  GenerationOptions,
+  GenerationChunk,
+  GenerationChoice,
+  GenerationResult,
+  EngineStep,
+  EngineMetrics,
+  EngineMemoryReport,
+  PreemptionMode,
+  FinishReason,
+} from './engine';

@@ -11,7 +11,7 @@
  */
 import * as path from 'node:path';
 
-import { pagedAttention } from './attention';
+import { pagedAttention, uploadAttentionMetadata } from './attention';
 import { type DeviceSpec } from './device';
 import { type DType } from './dtype';
 import { InvalidArgumentError, ModelFormatError, UnsupportedError } from './errors';
@@ -129,12 +129,29 @@ export interface ForwardBatch {
   logitRows?: Int32Array | readonly number[];
 }
 
+/** Options of one forward step. */
+export interface ForwardOptions {
+  /**
+   * Called with the input of every linear layer as the step reaches it, by module name
+   * ("model.layers.3.self_attn.q_proj", ".k_proj" and ".v_proj" share one tensor): the
+   * activations AWQ calibrates on. The tensor is freed when forward() returns, and nothing writes
+   * to it after the call, so to keep it take a view (`t.contiguous()` shares a contiguous tensor's
+   * memory) and read it once the step is done.
+   */
+  capture?: (name: string, input: Tensor) => void;
+}
+
 export interface LoadOptions {
   device?: DeviceSpec;
   /** Activation (and compute) dtype; weights are kept as stored. Default float32. */
   dtype?: DType;
   onProgress?: (progress: LoadProgress) => void;
   signal?: AbortSignal;
+}
+
+function checkActivationDtype(dtype: unknown, op: string): DType {
+  if (dtype !== 'float32' && dtype !== 'float16' && dtype !== 'bfloat16') throw new InvalidArgumentError(`${op}: dtype must be float32, float16 or bfloat16, got ${String(dtype)}`);
+  return dtype;
 }
 
 export class Model {
@@ -188,12 +205,27 @@ export class Model {
     this.device = this.embed.device;
   }
 
+  /**
+   * A model from weights already in memory, by HF name (the model takes ownership: `dispose()`
+   * frees them, and so does a failure here). For tools that transform weights, such as the AWQ
+   * quantizer, which runs calibration and error measurements on float models it builds.
+   */
+  static fromWeights(config: JsonObject, weights: Map<string, Tensor>, options: { dtype?: DType; source?: string } = {}): Model {
+    const source = options.source ?? 'weights';
+    try {
+      const parsed = parseLlamaConfig(config, `${source}: config`);
+      return new Model(parsed, weights, checkActivationDtype(options.dtype ?? 'float32', 'Model.fromWeights'), source);
+    } catch (error) {
+      for (const t of weights.values()) t.dispose();
+      throw error;
+    }
+  }
+
   /** Loads config.json and the safetensors weights of `dir` (weights counted as 'weights' memory). */
   static async load(dir: string, options: LoadOptions = {}): Promise<Model> {
     const configFile = path.join(dir, 'config.json');
     const config = parseLlamaConfig(await readJsonObject(configFile, 'config.json'), configFile);
-    const dtype = options.dtype ?? 'float32';
-    if (dtype !== 'float32' && dtype !== 'float16' && dtype !== 'bfloat16') throw new InvalidArgumentError(`Model.load: dtype must be float32, float16 or bfloat16, got ${String(dtype)}`);
+    const dtype = checkActivationDtype(options.dtype ?? 'float32', 'Model.load');
     const checkpoint = await SafetensorsCheckpoint.open(dir);
     let weights: Map<string, Tensor> | null = null;
     try {
@@ -217,7 +249,7 @@ export class Model {
    * One step: writes the new tokens' K/V into `cache` and returns float32 logits
    * [logitRows.length, vocabSize] (on this model's device).
    */
-  forward(cache: KvCache, batch: ForwardBatch): Tensor {
+  forward(cache: KvCache, batch: ForwardBatch, options: ForwardOptions = {}): Tensor {
     if (!this.weights) throw new InvalidArgumentError('Model has been disposed');
     const c = this.config;
     const T = batch.tokenIds.length;
@@ -231,9 +263,11 @@ export class Model {
     for (const id of batch.tokenIds) {
       if (id < 0 || id >= c.vocabSize) throw new InvalidArgumentError(`forward: token id ${id} is outside the vocabulary (${c.vocabSize})`);
     }
+    const capture = options.capture;
+    if (capture !== undefined && typeof capture !== 'function') throw new InvalidArgumentError('forward: options.capture must be a function');
     const stream = cache.stream;
     const opts = { stream };
-    const temps: Tensor[] = [];
+    const temps: Array<{ dispose(): void }> = [];  // freed at the end, in stream order
     const keep = <T extends Tensor>(t: T): T => {
       temps.push(t);
       return t;
@@ -243,13 +277,18 @@ export class Model {
       const slots = keep(Tensor.fromArray(batch.slotMapping, [T], opts));
       const positions = keep(Tensor.fromArray(batch.positions, [T], opts));
       const invFreq = keep(Tensor.fromArray(this.invFreq, [this.invFreq.length], opts));
-      const meta = { blockTables: batch.blockTables, seqLens: batch.seqLens, cuSeqLensQ: batch.cuSeqLensQ, slidingWindow: c.slidingWindow };
+      // Validated and uploaded once for every layer's attention.
+      const uploaded = uploadAttentionMetadata(cache, T, { blockTables: batch.blockTables, seqLens: batch.seqLens, cuSeqLensQ: batch.cuSeqLensQ, slidingWindow: c.slidingWindow });
+      temps.push(uploaded);
+      const meta = { ...uploaded, slidingWindow: c.slidingWindow };
       const residual = keep(embedding(ids, this.embed, { dtype: this.dtype }));
       let delta: Tensor | null = null;  // what the last block added, not yet in `residual`
       const I = c.intermediateSize;
       for (let l = 0; l < this.layers.length; l++) {
         const w = this.layers[l]!;
+        const p = `model.layers.${l}.`;
         const x = keep(delta ? rmsNorm(delta, w.inputNorm, c.rmsNormEps, { residual }) : rmsNorm(residual, w.inputNorm, c.rmsNormEps));
+        if (capture) for (const proj of ['q_proj', 'k_proj', 'v_proj']) capture(`${p}self_attn.${proj}`, x);
         const q = keep(linear(x, w.q, w.qBias)).view([T, c.numHeads, c.headDim]);
         const k = keep(linear(x, w.k, w.kBias)).view([T, c.numKvHeads, c.headDim]);
         const v = keep(linear(x, w.v, w.vBias)).view([T, c.numKvHeads, c.headDim]);
@@ -258,13 +297,16 @@ export class Model {
         cache.writeKv(l, k, v, slots);
         const attn = keep(pagedAttention(q, cache, l, meta)).view([T, c.numHeads * c.headDim]);
         temps.push(attn);
+        capture?.(`${p}self_attn.o_proj`, attn);
         const o = keep(linear(attn, w.o));
         const h = keep(rmsNorm(o, w.postNorm, c.rmsNormEps, { residual }));
+        if (capture) for (const proj of ['gate_proj', 'up_proj']) capture(`${p}mlp.${proj}`, h);
         const gateUp = keep(Tensor.empty([T, 2 * I], { dtype: this.dtype, stream, category: 'activations' }));
         const gateView = keep(gateUp.slice(1, 0, I)), upView = keep(gateUp.slice(1, I, 2 * I));
         linear(h, w.gate, null, { out: gateView });
         linear(h, w.up, null, { out: upView });
         const act = keep(siluMul(gateUp));
+        capture?.(`${p}mlp.down_proj`, act);
         delta = keep(linear(act, w.down));
       }
       const final = keep(rmsNorm(delta!, this.norm, c.rmsNormEps, { residual }));

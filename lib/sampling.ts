@@ -81,59 +81,152 @@ export interface Sample {
   logprob: number;
 }
 
-/** Samples one token from `logits` [vocabSize] (not modified). */
-export function sampleToken(logits: Float32Array, params: SamplingParams, rng: Rng, context: SampleContext = {}): Sample {
+/**
+ * Samples one token from `logits` [vocabSize] (not modified). O(vocab) plus a sort of the
+ * candidates only: top-k selects its k by quickselect, top-p sorts just the tokens that can be
+ * in the nucleus (found from a histogram of the probabilities by powers of two), and plain
+ * temperature / min-p sampling sorts nothing — a 128k vocabulary costs about a millisecond,
+ * not a full sort per token. `wantLogprob` false skips the log-softmax (NaN is returned).
+ */
+export function sampleToken(logits: Float32Array, params: SamplingParams, rng: Rng, context: SampleContext = {}, wantLogprob = true): Sample {
   const p = checkSamplingParams(params);
   const V = logits.length;
   if (V === 0) throw new InvalidArgumentError('sampling: empty logits');
   const x = Float64Array.from(logits);
   // Penalties (vLLM order: repetition on prompt + output, then presence / frequency on output).
-  const counts = new Map<number, number>();
-  for (const t of Array.from(context.output ?? [])) counts.set(t, (counts.get(t) ?? 0) + 1);
-  if (p.repetitionPenalty !== 1) {
-    const seen = new Set<number>([...Array.from(context.prompt ?? []), ...counts.keys()]);
-    for (const t of seen) if (t >= 0 && t < V) x[t] = x[t]! > 0 ? x[t]! / p.repetitionPenalty : x[t]! * p.repetitionPenalty;
+  const output = context.output ?? [];
+  if (p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0) {
+    const counts = new Map<number, number>();
+    for (let i = 0; i < output.length; i++) counts.set(output[i]!, (counts.get(output[i]!) ?? 0) + 1);
+    if (p.repetitionPenalty !== 1) {
+      const seen = new Set<number>(counts.keys());
+      const prompt = context.prompt ?? [];
+      for (let i = 0; i < prompt.length; i++) seen.add(prompt[i]!);
+      for (const t of seen) if (t >= 0 && t < V) x[t] = x[t]! > 0 ? x[t]! / p.repetitionPenalty : x[t]! * p.repetitionPenalty;
+    }
+    for (const [t, n] of counts) if (t >= 0 && t < V) x[t] = x[t]! - p.frequencyPenalty * n - p.presencePenalty;
   }
-  for (const [t, n] of counts) if (t >= 0 && t < V) x[t] = x[t]! - p.frequencyPenalty * n - p.presencePenalty;
 
   if (p.temperature === 0) {
     let best = 0;
     for (let i = 1; i < V; i++) if (x[i]! > x[best]!) best = i;
-    return { tokenId: best, logprob: logSoftmaxAt(x, best) };
+    return { tokenId: best, logprob: wantLogprob ? logSoftmaxAt(x, best) : NaN };
   }
-  for (let i = 0; i < V; i++) x[i] = x[i]! / p.temperature;
-  const logprobOf = (id: number): number => logSoftmaxAt(x, id);
-  // Candidates by descending logit, then the filters.
-  const order = Array.from({ length: V }, (_, i) => i).sort((a, b) => x[b]! - x[a]! || a - b);
-  let keep = p.topK > 0 ? Math.min(p.topK, V) : V;
-  const max = x[order[0]!]!;
-  const probs = new Float64Array(keep);
-  let sum = 0;
-  for (let i = 0; i < keep; i++) sum += probs[i] = Math.exp(x[order[i]!]! - max);
-  if (p.topP < 1) {
-    let cumulative = 0;
-    for (let i = 0; i < keep; i++) {
-      cumulative += probs[i]! / sum;
-      if (cumulative >= p.topP) {
-        keep = i + 1;
-        break;
+  let max = -Infinity;
+  for (let i = 0; i < V; i++) if ((x[i] = x[i]! / p.temperature) > max) max = x[i]!;
+  // x becomes the unnormalized probabilities e = exp(x − max) ∈ (0, 1], the largest exactly 1;
+  // mass[b] sums those in (2^−(b+1), 2^−b] (for the top-p bound).
+  const mass = new Float64Array(MASS_BUCKETS);
+  let all = 0;
+  for (let i = 0; i < V; i++) {
+    const d = max - x[i]!;
+    const e = (x[i] = Math.exp(-d));
+    all += e;
+    const b = d * Math.LOG2E < MASS_BUCKETS - 1 ? (d * Math.LOG2E) | 0 : MASS_BUCKETS - 1;  // the last bucket takes everything below 2^−63 (and −Infinity logits)
+    mass[b] = mass[b]! + e;
+  }
+  const e = x;
+  const logprobOf = (id: number): number => (wantLogprob ? Math.log(e[id]! / all) : NaN);
+  const k = p.topK > 0 ? Math.min(p.topK, V) : V;
+
+  let ids: Int32Array;  // the kept tokens; in descending probability (ties: lower id first) when top-k / top-p ordered them
+  if (k < V || p.topP < 1) {
+    // Only tokens with e ≥ floor can survive: the k-th largest for top-k; for top-p alone, two
+    // buckets below the one where the descending cumulative mass reaches topP (a margin for rounding).
+    let floor = 0;
+    if (k < V) {
+      floor = kthLargest(e, k);
+    } else {
+      let cumulative = 0;
+      let b = 0;
+      while (b < MASS_BUCKETS - 1 && (cumulative += mass[b]!) < p.topP * all) b++;
+      floor = b + 2 >= MASS_BUCKETS ? 0 : 2 ** -(b + 2);
+    }
+    const order = descending(e, floor);
+    let keep = Math.min(k, order.length);
+    if (p.topP < 1) {
+      let sum = 0;
+      if (k < V) for (let i = 0; i < keep; i++) sum += e[order[i]!]!;
+      else sum = all;
+      let cumulative = 0;
+      for (let i = 0; i < keep; i++) {
+        cumulative += e[order[i]!]! / sum;
+        if (cumulative >= p.topP) {
+          keep = i + 1;
+          break;
+        }
       }
     }
+    ids = order.subarray(0, keep);
+  } else {
+    ids = new Int32Array(V);
+    for (let i = 0; i < V; i++) ids[i] = i;
   }
-  if (p.minP > 0) {
-    const floor = p.minP * probs[0]!;  // probs[0] is the largest
-    let k = 1;
-    while (k < keep && probs[k]! >= floor) k++;
-    keep = k;
-  }
+  // min-p: relative to the most likely token (e = 1), which every filter keeps.
   let total = 0;
-  for (let i = 0; i < keep; i++) total += probs[i]!;
+  let last = -1;
+  for (let i = 0; i < ids.length; i++) if (e[ids[i]!]! >= p.minP) total += e[ids[i]!]!;
   let u = rng() * total;
-  for (let i = 0; i < keep; i++) {
-    u -= probs[i]!;
-    if (u < 0) return { tokenId: order[i]!, logprob: logprobOf(order[i]!) };
+  for (let i = 0; i < ids.length; i++) {
+    const id = ids[i]!;
+    if (e[id]! < p.minP) continue;
+    last = id;
+    u -= e[id]!;
+    if (u < 0) return { tokenId: id, logprob: logprobOf(id) };
   }
-  return { tokenId: order[keep - 1]!, logprob: logprobOf(order[keep - 1]!) };
+  return { tokenId: last, logprob: logprobOf(last) };
+}
+
+const MASS_BUCKETS = 64;
+const f32 = new Float32Array(1);
+const f32Bits = new Uint32Array(f32.buffer);
+
+/**
+ * Ids with e ≥ floor, most likely first (ties: lower id first), by one native sort of numeric
+ * keys: the inverted float32 bits of e (monotone in e) times 2^20 plus the id — exact in a
+ * double's 53 bits for vocabularies up to 2^20. Values closer than float32 resolves sort as ties.
+ */
+function descending(e: Float64Array, floor: number): Int32Array {
+  if (e.length > 2 ** 20) throw new InvalidArgumentError(`sampling: vocabularies above ${2 ** 20} tokens are not supported, got ${e.length}`);
+  let n = 0;
+  for (let i = 0; i < e.length; i++) if (e[i]! >= floor) n++;
+  const keys = new Float64Array(n);
+  n = 0;
+  for (let i = 0; i < e.length; i++) {
+    if (e[i]! < floor) continue;
+    f32[0] = e[i]!;
+    keys[n++] = (0xffffffff - f32Bits[0]!) * 2 ** 20 + i;
+  }
+  keys.sort();
+  const ids = new Int32Array(n);
+  for (let i = 0; i < n; i++) ids[i] = keys[i]! % 2 ** 20;
+  return ids;
+}
+
+/** The k-th largest value of `values` (1-based), by quickselect on a copy. */
+function kthLargest(values: Float64Array, k: number): number {
+  const a = Float64Array.from(values);
+  let lo = 0;
+  let hi = a.length - 1;
+  const target = k - 1;  // index in descending order
+  while (lo < hi) {
+    const pivot = a[(lo + hi) >>> 1]!;
+    let i = lo;
+    let j = hi;
+    while (i <= j) {
+      while (a[i]! > pivot) i++;
+      while (a[j]! < pivot) j--;
+      if (i <= j) {
+        const t = a[i]!;
+        a[i++] = a[j]!;
+        a[j--] = t;
+      }
+    }
+    if (target <= j) hi = j;
+    else if (target >= i) lo = i;
+    else break;
+  }
+  return a[target]!;
 }
 
 function logSoftmaxAt(x: Float64Array, id: number): number {

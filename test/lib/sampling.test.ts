@@ -45,6 +45,43 @@ test('top-k, top-p and min-p keep exactly the tokens they should', () => {
   expect(minP[1]!).toBeGreaterThan(0);
 });
 
+test('on a large vocabulary the candidate shortcuts keep exactly the brute-force sets (top-k by quickselect, top-p by the mass histogram)', () => {
+  const V = 2000;
+  const rand = samplerRng(5);
+  // Heavy-tailed logits with ties, so nucleus and top-k boundaries fall inside the histogram's buckets.
+  const big = Float32Array.from({ length: V }, (_, i) => (i % 97 === 0 ? 4 : Math.round(Math.log(rand() + 1e-9) * -1.5 * 8) / 8 - 6));
+  const probs = softmax([...big]);
+  const order = probs.map((q, i) => [q, i] as const).sort((a, b) => b[0] - a[0] || a[1] - b[1]).map(([, i]) => i);
+  const nucleus = (topP: number, from: number[]): Set<number> => {
+    const mass = from.reduce((a, i) => a + probs[i]!, 0);
+    let c = 0;
+    const kept = new Set<number>();
+    for (const i of from) {
+      kept.add(i);
+      if ((c += probs[i]! / mass) >= topP) break;
+    }
+    return kept;
+  };
+  const cases: Array<[Parameters<typeof sampleToken>[1], Set<number>]> = [
+    [{ topK: 40 }, new Set(order.slice(0, 40))],
+    [{ topP: 0.3 }, nucleus(0.3, order)],
+    [{ topP: 0.9 }, nucleus(0.9, order)],
+    [{ topK: 200, topP: 0.5 }, nucleus(0.5, order.slice(0, 200))],
+  ];
+  for (const [params, kept] of cases) {
+    const rng = samplerRng(9);
+    const seen = new Set<number>();
+    for (let n = 0; n < 1000; n++) seen.add(sampleToken(big, params, rng, {}, false).tokenId);
+    for (const id of seen) expect(kept.has(id)).toBe(true);
+    // Every kept token with a fair chance shows up.
+    const mass = [...kept].reduce((a, i) => a + probs[i]!, 0);
+    for (const id of kept) if (probs[id]! / mass > 0.01) expect(seen.has(id)).toBe(true);
+  }
+  expect(Number.isNaN(sampleToken(big, { temperature: 0 }, samplerRng(1), {}, false).logprob)).toBe(true);
+  const s = sampleToken(big, { temperature: 1, topK: 5 }, samplerRng(2));
+  expect(s.logprob).toBeCloseTo(Math.log(probs[s.tokenId]!), 6);
+});
+
 test('penalties follow vLLM: repetition divides positive / multiplies negative logits, presence and frequency subtract', () => {
   const greedy = (params: object, context: object): number => sampleToken(logits, { temperature: 0, ...params }, samplerRng(1), context).tokenId;
   expect(greedy({ repetitionPenalty: 2 }, { prompt: [3] })).toBe(0);  // 3.0 / 2 = 1.5 < 2.0
