@@ -2,25 +2,25 @@
 /**
  * The `pagedllm` command: `pagedllm devices` (the default) prints the devices
  * found and the backend chosen; `pagedllm plan` sizes a KV cache; `pagedllm
- * generate` runs a model folder; `pagedllm demo` (what `npm start`
- * runs) makes a small random model and generates with it, reporting memory by
- * category and speed. commander parses the arguments.
+ * generate` runs a model folder through the Engine; `pagedllm demo` (what `npm start`
+ * runs) serves a workload on a small random model and writes an HTML report; `pagedllm doctor`
+ * probes the backend in a child process; `pagedllm quantize` writes an AWQ checkpoint.
+ * commander parses the arguments.
  */
 import { Command } from 'commander';
 
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { devices, type DeviceSpec, type DevicesReport } from './device';
 import { InvalidArgumentError, PagedLLMError } from './errors';
-import { generate, type GenerateResult } from './generate';
-import { MEMORY_CATEGORIES, memoryReport } from './memory';
-import { Model } from './model';
-import { planMemory, type KvDType, type MemoryBudget, type MemoryPlan } from './planner';
-import { makeTestModel } from './test-model';
-import { type SamplingParams } from './sampling';
+import { runDemo } from './demo';
+import { Engine } from './engine';
+import { readJsonObject } from './json-file';
+import { parseLlamaConfig } from './model';
 import { Tokenizer } from './tokenizer';
+import { planMemory, type KvDType, type MemoryBudget, type MemoryPlan } from './planner';
 
 function gib(bytes: number): string {
   return `${(bytes / 2 ** 30).toFixed(1)} GiB`;
@@ -145,24 +145,17 @@ program
     else printPlan(plan);
   });
 
-function printMemory(device: string): void {
-  const report = memoryReport(device as DeviceSpec);
-  const mib = (b: number): string => `${(b / 2 ** 20).toFixed(2)} MiB`;
-  console.log(`memory (${report.kind} on ${device}): current / peak by category`);
-  for (const c of MEMORY_CATEGORIES) {
-    const u = report.categories?.[c];
-    if (u && u.peak > 0) console.log(`  ${c.padEnd(12)} ${mib(u.current).padStart(12)} / ${mib(u.peak)}`);
-  }
-  if (report.pool) console.log(`  pool reserved ${mib(report.pool.reserved)}, in use ${mib(report.pool.inUse)}`);
-}
-
-async function runGenerate(model: Model, tokenizer: Tokenizer | null, promptIds: number[], maxTokens: number, sampling: SamplingParams = {}): Promise<GenerateResult> {
-  return generate(model, promptIds, { maxTokens, stopTokenIds: tokenizer?.eosTokenIds ?? [], sampling });
+function parseIds(text: string, option: string): number[] {
+  return text.split(',').map((t) => {
+    const id = parseNumber(t, option);
+    if (!Number.isSafeInteger(id) || id < 0) throw new InvalidArgumentError(`${option}: expected comma-separated token ids, got ${JSON.stringify(text)}`);
+    return id;
+  });
 }
 
 program
   .command('generate')
-  .description('generate from a Hugging Face model folder (Llama, Mistral, Qwen2; fp32/fp16/bf16 weights); greedy unless --temperature > 0')
+  .description('generate from a Hugging Face model folder (Llama, Mistral, Qwen2; fp32/fp16/bf16 weights) through the Engine; greedy unless --temperature > 0')
   .requiredOption('--model <dir>', 'the model folder (config.json, *.safetensors, tokenizer.json)')
   .option('--prompt <text>', 'the prompt text (encoded with the folder\'s tokenizer.json)')
   .option('--prompt-ids <ids>', 'the prompt as token ids, e.g. 1,450,4996')
@@ -172,67 +165,89 @@ program
   .option('--top-p <p>', 'nucleus sampling threshold', '1')
   .option('--min-p <p>', 'drop tokens below min-p × the most likely', '0')
   .option('--seed <s>', 'random seed (the same seed gives the same tokens)')
+  .option('--n <n>', 'choices sampled from the prompt (its KV blocks shared)', '1')
+  .option('--stop <text...>', 'stop when the text contains one of these')
   .option('--device <device>', 'cpu, cuda, cuda:N or auto', 'auto')
   .option('--json', 'print one JSON object')
-  .action(async (o: { model: string; prompt?: string; promptIds?: string; maxTokens: string; temperature: string; topK: string; topP: string; minP: string; seed?: string; device: string; json?: boolean }) => {
+  .action(async (o: { model: string; prompt?: string; promptIds?: string; maxTokens: string; temperature: string; topK: string; topP: string; minP: string; seed?: string; n: string; stop?: string[]; device: string; json?: boolean }) => {
     if ((o.prompt === undefined) === (o.promptIds === undefined)) throw new InvalidArgumentError('give exactly one of --prompt and --prompt-ids');
     const maxTokens = parseNumber(o.maxTokens, '--max-tokens');
-    const device = o.device === 'auto' ? devices().selected : o.device;
-    const tokenizer = o.prompt !== undefined || fs.existsSync(path.join(o.model, 'tokenizer.json')) ? await Tokenizer.fromFolder(o.model) : null;
-    const promptIds = o.promptIds !== undefined
-      ? o.promptIds.split(',').map((t) => parseNumber(t, '--prompt-ids'))
-      : tokenizer!.encode(o.prompt!);
-    const model = await Model.load(o.model, { device: device as DeviceSpec });
+    const n = parseNumber(o.n, '--n');
+    const configFile = path.join(o.model, 'config.json');
+    const config = parseLlamaConfig(await readJsonObject(configFile, 'config.json'), configFile);
+    const promptTokenIds = o.promptIds !== undefined ? parseIds(o.promptIds, '--prompt-ids') : (await Tokenizer.fromFolder(o.model)).encode(o.prompt!);
+    // Sized for this request: the KV cache holds n sequences of prompt + maxTokens.
+    const engine = await Engine.create({
+      model: o.model, device: o.device as DeviceSpec | 'auto', maxNumSeqs: Math.max(1, n), logger: o.json ? null : undefined,
+      maxModelLen: Math.min(config.maxPositionEmbeddings, promptTokenIds.length + Math.max(1, maxTokens)),
+    });
     try {
-      const sampling: SamplingParams = {
+      const stream = engine.generate({ promptTokenIds }, {
+        maxTokens, n, stop: o.stop,
         temperature: parseNumber(o.temperature, '--temperature'), topK: parseNumber(o.topK, '--top-k'), topP: parseNumber(o.topP, '--top-p'),
         minP: parseNumber(o.minP, '--min-p'), ...(o.seed === undefined ? {} : { seed: parseNumber(o.seed, '--seed') }),
-      };
-      const r = await runGenerate(model, tokenizer, promptIds, maxTokens, sampling);
-      const text = tokenizer ? tokenizer.decode(r.tokenIds, { skipSpecialTokens: true }) : null;
+      });
+      if (!o.json && n === 1 && engine.tokenizer) for await (const chunk of stream) process.stdout.write(chunk.text);
+      const r = await stream.result();
       if (o.json) {
         console.log(JSON.stringify({
-          choices: [{ tokenIds: r.tokenIds, text, finishReason: r.finishReason }],
-          usage: { promptTokens: r.promptTokens, completionTokens: r.tokenIds.length },
-          timings: { prefillMs: r.prefillMs, decodeTokensPerSecond: Number.isFinite(r.decodeTokensPerSecond) ? r.decodeTokensPerSecond : null },
+          choices: r.choices.map((c) => ({ tokenIds: c.tokenIds, text: engine.tokenizer ? c.text : null, finishReason: c.finishReason })),
+          usage: { promptTokens: r.usage.promptTokens, completionTokens: r.usage.completionTokens },
+          timings: { prefillMs: r.timings.timeToFirstTokenMs, decodeTokensPerSecond: Number.isFinite(r.timings.decodeTokensPerSecond) ? r.timings.decodeTokensPerSecond : null },
         }));
       } else {
-        console.log(text ?? r.tokenIds.join(' '));
-        console.error(`${r.tokenIds.length} tokens (${r.finishReason}); prefill ${r.promptTokens} tokens in ${r.prefillMs.toFixed(1)} ms; decode ${r.decodeTokensPerSecond.toFixed(1)} tokens/s`);
+        if (n === 1 && engine.tokenizer) process.stdout.write('\n');
+        else for (const c of r.choices) console.log(`[${c.index}] ${engine.tokenizer ? c.text : c.tokenIds.join(' ')}`);
+        console.error(`${r.usage.completionTokens} tokens (${r.choices.map((c) => c.finishReason).join(', ')}); prompt ${r.usage.promptTokens} tokens, first token after ${r.timings.timeToFirstTokenMs.toFixed(1)} ms; decode ${r.timings.decodeTokensPerSecond.toFixed(1)} tokens/s`);
       }
     } finally {
-      model.dispose();
+      engine.dispose();
     }
   });
 
 program
   .command('demo')
-  .description('make a small random Llama-shaped model, load it and generate with it (no download; what `npm start` runs)')
+  .description('serve a workload of concurrent requests on a small random Llama-shaped model through the Engine, print memory and KV figures, and write an HTML report (no download; what `npm start` runs)')
   .option('--device <device>', 'cpu, cuda, cuda:N or auto', 'auto')
-  .option('--max-tokens <n>', 'tokens to generate', '48')
-  .action(async (o: { device: string; maxTokens: string }) => {
-    const device = o.device === 'auto' ? devices().selected : o.device;
-    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'pagedllm-demo-'));
-    try {
-      const shape = { arch: 'llama' as const, hidden: 256, layers: 4, heads: 4, kvHeads: 2, intermediate: 704, vocab: 2048, dtype: 'float16' as const, initStd: 0.05, seed: 1 };
-      console.log(`pagedllm demo on ${device}: a random Llama-shaped model (hidden ${shape.hidden}, ${shape.layers} layers, ${shape.heads} heads / ${shape.kvHeads} KV heads, vocab ${shape.vocab}, ${shape.dtype} weights) in ${dir}`);
-      await makeTestModel({ ...shape, out: dir });
-      const tokenizer = await Tokenizer.fromFolder(dir);
-      const model = await Model.load(dir, { device: device as DeviceSpec });
-      try {
-        const prompt = 'The paged KV cache keeps every sequence in fixed-size blocks, so memory is never reserved for tokens that do not exist.';
-        const ids = tokenizer.encode(prompt);
-        const r = await runGenerate(model, tokenizer, ids, parseNumber(o.maxTokens, '--max-tokens'));
-        console.log(`prompt: ${ids.length} tokens; generated ${r.tokenIds.length} tokens greedily (${r.finishReason}); the weights are random, so the tokens are noise:`);
-        console.log(`  [${r.tokenIds.slice(0, 24).join(', ')}${r.tokenIds.length > 24 ? ', …' : ''}]`);
-        console.log(`prefill ${(r.promptTokens / (r.prefillMs / 1000)).toFixed(0)} tokens/s (${r.prefillMs.toFixed(1)} ms); decode ${r.decodeTokensPerSecond.toFixed(1)} tokens/s; KV cache ${r.kvBlocks} blocks of 16 tokens`);
-        printMemory(device);
-      } finally {
-        model.dispose();
-      }
-    } finally {
-      fs.rmSync(dir, { recursive: true, force: true });
+  .option('--requests <n>', 'requests in the workload', '24')
+  .option('--report <file>', 'the HTML report', 'pagedllm-demo.html')
+  .action(async (o: { device: string; requests: string; report: string }) => {
+    const device = (o.device === 'auto' ? devices().selected : o.device) as DeviceSpec;
+    await runDemo({ device, report: path.resolve(o.report), requests: parseNumber(o.requests, '--requests') });
+  });
+
+program
+  .command('doctor')
+  .description('which backend pagedllm would use and why, probed in a child process (a native crash there cannot take this one down)')
+  .option('--json', 'print the findings as JSON')
+  .action((o: { json?: boolean }) => {
+    const probe = `const p=require(${JSON.stringify(path.join(__dirname, 'index.js'))});const r=p.devices();` +
+      `process.stdout.write(JSON.stringify({report:r,addon:require(${JSON.stringify(path.join(__dirname, 'native.js'))}).nativeAddonPath()}))`;
+    const child = spawnSync(process.execPath, ['-e', probe], { cwd: __dirname, encoding: 'utf8', timeout: 60000 });
+    const findings: Record<string, unknown> = { node: process.version, platform: `${process.platform}-${process.arch}`, env: { PAGEDLLM_DEVICE: process.env.PAGEDLLM_DEVICE ?? null, PAGEDLLM_ADDON: process.env.PAGEDLLM_ADDON ?? null, PAGEDLLM_THREADS: process.env.PAGEDLLM_THREADS ?? null } };
+    let report: DevicesReport | null = null;
+    if (child.status === 0) {
+      const probed = JSON.parse(child.stdout) as { report: DevicesReport; addon: string | null };
+      report = probed.report;
+      findings.addon = probed.addon;
+      findings.backend = report.selected;
+      findings.why = report.selectionReason;
+      findings.build = report.build;
+      findings.cuda = report.cuda.available ? { devices: report.cuda.devices.map((d) => `${d.device} ${d.name} sm_${d.computeCapability.replace('.', '')}`) } : { unavailable: report.cuda.reason };
+      findings.cpu = { cores: report.cpu.physicalCores, simd: report.cpu.simd };
+    } else {
+      findings.backend = null;
+      findings.why = `the probe failed (${child.signal ? `signal ${child.signal}` : `exit ${child.status}`}): ${(child.stderr || child.error?.message || '').trim().split('\n').slice(-3).join(' / ')}`;
     }
+    if (o.json) {
+      console.log(JSON.stringify(findings, null, 2));
+    } else {
+      console.log(`node ${process.version} on ${process.platform}-${process.arch}`);
+      if (findings.addon) console.log(`addon ${String(findings.addon)}`);
+      if (report) printDevices(report);
+      else console.log(`backend: none — ${String(findings.why)}`);
+    }
+    if (!report) process.exitCode = 1;
   });
 
 program.parseAsync(process.argv).catch((error: unknown) => {

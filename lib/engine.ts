@@ -422,9 +422,11 @@ export class Engine {
       let budget = options.budget;
       if (budget === undefined) {
         if (onCpu) {
-          const probe = planFor({ numBlocks: Math.ceil(maxModelLen / blockSize) });
-          const available = devices().cpu.availableMemory;
-          budget = { kvCacheBytes: Math.max(probe.kvBytesPerBlock, Math.min(4 * GiB, Math.floor(available / 4), (maxNumSeqs * maxModelLen + blockSize) * probe.kvBytesPerToken)) };
+          // Blocks for maxNumSeqs full-length sequences (+ the null block and the watermark), within 4 GiB and a quarter of free memory.
+          const perBlock = planFor({ numBlocks: Math.ceil(maxModelLen / blockSize) }).kvBytesPerBlock;
+          const wanted = Math.ceil((maxNumSeqs * Math.ceil(maxModelLen / blockSize) + 1) / (1 - watermark)) + 1;
+          const cap = Math.floor(Math.min(4 * GiB, devices().cpu.availableMemory / 4) / perBlock);
+          budget = { numBlocks: Math.max(1, Math.min(wanted, cap)) };
         } else {
           budget = { gpuMemoryUtilization: 0.9 };
         }

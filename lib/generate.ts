@@ -1,20 +1,17 @@
 /**
- * Generation for one request: prefill the prompt, then decode a token at a time through the
- * paged KV cache (BlockManager slots, KvCache, Model.forward), sampling each token
- * (lib/sampling.ts; greedy by default). The continuous-batching Engine (many requests,
- * preemption) builds on the same pieces; this is the single-request path the CLI and the demo
- * use today.
+ * One request, one call: a convenience over the {@link Engine} for scripts and tests. It sizes an
+ * engine for exactly this request (a KV cache of ceil((prompt + maxTokens) / blockSize) blocks,
+ * plus the null block), runs it, and frees the cache. Services keep one Engine instead.
  *
  * @example
  * const model = await Model.load(dir);
  * const { tokenIds } = await generate(model, [1, 450, 4996], { maxTokens: 16, sampling: { temperature: 0.7, topP: 0.9, seed: 1 } });
  */
-import { BlockManager } from './block-manager';
-import { type DeviceSpec } from './device';
+import { Engine } from './engine';
 import { InvalidArgumentError } from './errors';
-import { KvCache, type KvCacheDType } from './kv-cache';
+import { type KvCacheDType } from './kv-cache';
 import { type Model } from './model';
-import { checkSamplingParams, sampleToken, samplerRng, type SamplingParams } from './sampling';
+import { type SamplingParams } from './sampling';
 
 export interface GenerateOptions {
   maxTokens: number;
@@ -38,9 +35,9 @@ export interface GenerateResult {
   logprobs?: number[];
   finishReason: 'length' | 'stop';
   promptTokens: number;
+  /** Arrival to the first token. */
   prefillMs: number;
-  decodeMs: number;
-  /** Tokens after the first over decodeMs (NaN when fewer than two were generated). */
+  /** Tokens after the first per second (NaN when fewer than two were generated). */
   decodeTokensPerSecond: number;
   kvBlocks: number;
 }
@@ -54,57 +51,23 @@ export async function generate(model: Model, promptIds: readonly number[], optio
     throw new InvalidArgumentError(`generate: prompt (${promptIds.length}) + maxTokens (${maxTokens}) exceeds the model's ${model.config.maxPositionEmbeddings} positions`);
   }
   const blockSize = options.blockSize ?? 16;
-  const numBlocks = Math.ceil(total / blockSize) + 1;  // + the BlockManager's null block
-  const kvDtype = options.kvDtype ?? (model.device === 'cpu' ? 'float32' : 'float16');
-  const cache = new KvCache({ ...model.kvCacheShape(), numBlocks, blockSize, kvDtype, device: model.device as DeviceSpec });
-  const blocks = new BlockManager({ numBlocks, blockSize, watermark: 0 });
-  const stops = new Set(options.stopTokenIds ?? []);
-  const sampling = checkSamplingParams(options.sampling ?? { temperature: 0 });
-  const rng = samplerRng(sampling.seed);
-  const out: number[] = [];
-  const logprobs: number[] = [];
-  const pick = (logits: Float32Array): number => {
-    const s = sampleToken(logits, sampling, rng, { prompt: promptIds, output: out });
-    if (options.logprobs) logprobs.push(s.logprob);
-    return s.tokenId;
-  };
+  const numBlocks = Math.ceil(total / blockSize) + 1;
+  const engine = await Engine.create({
+    model, logger: null, blockSize, kvDtype: options.kvDtype, maxModelLen: total, maxNumSeqs: 1,
+    maxNumBatchedTokens: Math.max(promptIds.length, 1), budget: { numBlocks }, prefixCaching: false, watermark: 0,
+  });
   try {
-    const seq = 'request';
-    const started = performance.now();
-    const first = blocks.allocateSlots(seq, promptIds.length)!;
-    const prefill = model.forward(cache, {
-      tokenIds: Int32Array.from(promptIds), positions: Int32Array.from(promptIds, (_, i) => i), slotMapping: first.slotMapping,
-      blockTables: [[...blocks.blockTable(seq)]], seqLens: [promptIds.length], cuSeqLensQ: [0, promptIds.length],
-      logitRows: [promptIds.length - 1],
+    const stream = engine.generate({ promptTokenIds: promptIds }, {
+      ...(options.sampling ?? { temperature: 0 }), maxTokens, stopTokenIds: options.stopTokenIds, logprobs: options.logprobs, ignoreEos: true,
     });
-    let next = pick((await prefill.toArray()) as Float32Array);
-    prefill.dispose();
-    const prefillMs = performance.now() - started;
-    const decodeStart = performance.now();
-    let finishReason: 'length' | 'stop' = 'length';
-    for (;;) {
-      out.push(next);
-      options.onToken?.(next);
-      if (stops.has(next)) {
-        finishReason = 'stop';
-        break;
-      }
-      if (out.length === maxTokens) break;
-      const position = promptIds.length + out.length - 1;
-      const slot = blocks.allocateSlots(seq, 1)!;  // sized for prompt + maxTokens: always fits
-      const logits = model.forward(cache, {
-        tokenIds: Int32Array.of(next), positions: Int32Array.of(position), slotMapping: slot.slotMapping,
-        blockTables: [[...blocks.blockTable(seq)]], seqLens: [position + 1],
-      });
-      next = pick((await logits.toArray()) as Float32Array);
-      logits.dispose();
-    }
-    const decodeMs = performance.now() - decodeStart;
+    if (options.onToken) for await (const chunk of stream) for (const id of chunk.tokenIds) options.onToken(id);
+    const r = await stream.result();
+    const choice = r.choices[0]!;
     return {
-      tokenIds: out, ...(options.logprobs ? { logprobs } : {}), finishReason, promptTokens: promptIds.length, prefillMs, decodeMs,
-      decodeTokensPerSecond: out.length > 1 ? ((out.length - 1) * 1000) / decodeMs : NaN, kvBlocks: numBlocks,
+      tokenIds: choice.tokenIds, ...(options.logprobs ? { logprobs: choice.logprobs } : {}), finishReason: choice.finishReason,
+      promptTokens: r.usage.promptTokens, prefillMs: r.timings.timeToFirstTokenMs, decodeTokensPerSecond: r.timings.decodeTokensPerSecond, kvBlocks: numBlocks,
     };
   } finally {
-    cache.dispose();
+    engine.dispose();
   }
 }

@@ -193,6 +193,7 @@ export interface NativeBinding {
 const packageRoot = path.resolve(__dirname, '..');
 let binding: NativeBinding | undefined;
 let loadError: NoBackendError | undefined;
+let loadedFrom: string | null = null;
 
 function load(): NativeBinding {
   const tried: string[] = [];
@@ -214,6 +215,7 @@ function load(): NativeBinding {
       // eslint-disable-next-line @typescript-eslint/no-require-imports
       const loaded = require(file) as NativeBinding;
       loaded.setErrorFactory(errorFromCode);
+      loadedFrom = file;
       return loaded;
     } catch (error) {
       tried.push(`${file}: ${(error as Error).message.split('\n')[0]}`);
@@ -226,6 +228,11 @@ function load(): NativeBinding {
       "package folder with 'npm run build' (needs cmake and a C++17 compiler; nvcc adds CUDA) or " +
       "'npm run build:gyp' (node-gyp, CPU only). PAGEDLLM_ADDON=/path/to/pagedllm.node loads a specific binary.",
   );
+}
+
+/** The file the binding was loaded from (null before the first load, or when none loads). */
+export function nativeAddonPath(): string | null {
+  return loadedFrom;
 }
 
 /** The loaded binding; throws {@link NoBackendError} (`ERR_NO_BACKEND`) if none loads. */

@@ -2,6 +2,7 @@
 // however requests are batched, chunked, cached, preempted (recompute and swap) or forked;
 // aborts, stop conditions, bad input, disposal; 64 concurrent requests with random aborts all
 // settle and leave the block manager and the pool where they started.
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -332,4 +333,21 @@ test('a model folder: Engine.create loads it, logs the plan and reports memory b
   } finally {
     e.dispose();
   }
+});
+
+test('`pagedllm demo` serves its workload through the engine and writes an HTML report with the plots', () => {
+  const report = path.join(tmp, 'demo.html');
+  const cli = path.resolve(__dirname, '..', '..', 'dist', 'cli.js');
+  const run = spawnSync(process.execPath, [cli, 'demo', '--device', 'cpu', '--requests', '10', '--report', report], { encoding: 'utf8' });
+  expect(run.stderr).toBe('');
+  expect(run.status).toBe(0);
+  expect(run.stdout).toMatch(/10 requests \(9 finished, 1 aborted\)/);
+  expect(run.stdout).toMatch(/memory plan \(numBlocks\): weights/);
+  expect(run.stdout).toMatch(/prefix cache: hit rate [1-9]/);
+  expect(run.stdout).toMatch(/kv-cache +3\.50 MiB/);
+  const html = fs.readFileSync(report, 'utf8');
+  expect(html.match(/<svg /g)).toHaveLength(3);
+  expect(html).toContain('Memory by category');
+  expect(html).toContain('KV cache blocks');
+  expect(html).toMatch(/<polygon points="[0-9., ]+"/);
 });
