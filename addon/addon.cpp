@@ -139,6 +139,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   init_cache_ops(env, exports);
   init_attention(env, exports);
   init_model_ops(env, exports);
+  init_awq(env, exports);
   return exports;
 }
 

@@ -162,5 +162,6 @@ void init_memory(Napi::Env env, Napi::Object exports);
 void init_cache_ops(Napi::Env env, Napi::Object exports);
 void init_attention(Napi::Env env, Napi::Object exports);
 void init_model_ops(Napi::Env env, Napi::Object exports);
+void init_awq(Napi::Env env, Napi::Object exports);
 
 }  // namespace pagedllm::addon

@@ -250,6 +250,21 @@ program
     if (!report) process.exitCode = 1;
   });
 
+program
+  .command('quantize')
+  .description('quantize a float Hugging Face model folder to AWQ int4 (an AutoAWQ GEMM checkpoint) and report the error of AWQ vs plain round-to-nearest on held-out tokens')
+  .requiredOption('--model <dir>', 'the float model folder (config.json, *.safetensors, tokenizer.json)')
+  .requiredOption('--out <dir>', 'the folder to write')
+  .option('--group-size <n>', 'input rows per scale and zero point: 32, 64, 128 or -1 (one group)', '128')
+  .option('--calibration <source>', 'a text file, or comma-separated token ids (default: seeded random token ids)')
+  .option('--alpha-grid <n>', 'number of α values searched in [0, 1) (1: plain round-to-nearest)', '20')
+  .option('--seed <n>', 'seed of the random calibration tokens', '0')
+  .option('--json', 'print the report as JSON')
+  .action(async (o: { model: string; out: string; groupSize: string; calibration?: string; alphaGrid: string; seed: string; json?: boolean }) => {
+    const { quantizeCommand } = await import('./quantize');
+    await quantizeCommand(o);
+  });
+
 program.parseAsync(process.argv).catch((error: unknown) => {
   const message = error instanceof PagedLLMError ? `${error.code}: ${error.message}` : String(error);
   console.error(`pagedllm: ${message}`);

@@ -15,8 +15,8 @@ export { Stream, StreamEvent } from './stream';
 export { KvCache } from './kv-cache';
 export { pagedAttention, pagedAttentionSupports, ATTENTION_HEAD_SIZES, ATTENTION_BLOCK_SIZES } from './attention';
 export type { PagedAttentionOptions, AttentionSupportQuery } from './attention';
-export { embedding, rmsNorm, rope, ropeInvFreq, siluMul, add, linear, cpuSimd, ROPE_TYPES } from './ops';
-export type { EmbeddingOptions, RmsNormOptions, LinearOptions, RopeConfig, RopeScalingConfig } from './ops';
+export { embedding, rmsNorm, rope, ropeInvFreq, siluMul, add, linear, awqLinear, awqDequantize, cpuSimd, ROPE_TYPES } from './ops';
+export type { EmbeddingOptions, RmsNormOptions, LinearOptions, AwqWeight, AwqLinearOptions, RopeConfig, RopeScalingConfig } from './ops';
 export type { KvCacheDType, KvCacheLayer, KvCacheOptions } from './kv-cache';
 export { planMemory, estimateWeightsBytes, estimateActivationBytes, kvBytesPerToken } from './planner';
 export type { MemoryPlan, MemoryBudget, ModelConfig, PlanOptions, KvDType, WeightsDType } from './planner';
@@ -83,7 +83,24 @@ export type { EncodeOptions, DecodeOptions, StreamDecoderOptions, TokenizerSourc
 export { makeTestModel, makeTestTokenizer, TEST_MODEL_SPECIAL_IDS } from './test-model';
 export type { TestModel, TestModelOptions, TestModelArch, TestModelDType, TestModelRopeScaling } from './test-model';
 export { Model, parseLlamaConfig } from './model';
-export type { LlamaConfig, ModelArchitecture, ForwardBatch, LoadOptions } from './model';
+export type { LlamaConfig, ModelArchitecture, ForwardBatch, ForwardOptions, LoadOptions } from './model';
+export {
+  AWQ_ORDER,
+  AWQ_REVERSE_ORDER,
+  AWQ_PACK_FACTOR,
+  AWQ_GROUP_SIZES,
+  packAwq,
+  unpackAwq,
+  parseAwqConfig,
+  awqGroupSize,
+  isAwqSkipped,
+  checkAwqTensors,
+  quantizeRtn,
+  dequantizeAwq,
+} from './awq';
+export type { AwqConfig, AwqQuantized, AwqTensorInfo } from './awq';
+export { quantizeModel, awqQuantizationConfig, formatQuantizeReport } from './quantize';
+export type { QuantizeOptions, QuantizeProgress, QuantizeReport, QuantizedLinearReport, QuantizedLinear } from './quantize';
 export { generate } from './generate';
 export { sampleToken, samplerRng, checkSamplingParams } from './sampling';
 export type { SamplingParams, SampleContext, Sample, Rng } from './sampling';

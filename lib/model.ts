@@ -3,6 +3,9 @@
  * Face folder, and their forward pass over the paged KV cache, built from the ops: embedding,
  * RMSNorm (fused residual), q/k/v projections (+ bias for Qwen2), RoPE, writeKv, paged
  * attention (prefill, decode or both in one batch), o_proj, SwiGLU MLP, final norm, lm_head.
+ * Linears are float (fp32/fp16/bf16 `.weight`) or AWQ int4 (AutoAWQ GEMM checkpoints:
+ * `quantization_config.quant_method` "awq", qweight/qzeros/scales per projection, lib/awq.ts),
+ * which run through the fused `awqLinear` op without being dequantized in memory.
  *
  * @example
  * const model = await Model.load('/models/llama', { device: 'cpu' });
@@ -14,11 +17,12 @@ import * as path from 'node:path';
 import { pagedAttention, uploadAttentionMetadata } from './attention';
 import { type DeviceSpec } from './device';
 import { type DType } from './dtype';
+import { awqGroupSize, checkAwqTensors, isAwqSkipped, parseAwqConfig, type AwqConfig } from './awq';
 import { InvalidArgumentError, ModelFormatError, UnsupportedError } from './errors';
 import { readJsonObject, type JsonObject } from './json-file';
 import { type KvCache } from './kv-cache';
-import { embedding, linear, rmsNorm, rope, ropeInvFreq, siluMul, type RopeConfig } from './ops';
-import { SafetensorsCheckpoint, type LoadProgress } from './safetensors';
+import { awqLinear, embedding, linear, rmsNorm, rope, ropeInvFreq, siluMul, type AwqWeight, type LinearOptions, type RopeConfig } from './ops';
+import { dtypeToSafetensors, SafetensorsCheckpoint, type LoadProgress } from './safetensors';
 import { Tensor } from './tensor';
 
 export type ModelArchitecture = 'LlamaForCausalLM' | 'MistralForCausalLM' | 'Qwen2ForCausalLM';
@@ -41,6 +45,8 @@ export interface LlamaConfig {
   maxPositionEmbeddings: number;
   /** q/k/v projections carry a bias (Qwen2). */
   attentionBias: boolean;
+  /** AWQ int4 linears (from quantization_config), or null for a float model. */
+  awq: AwqConfig | null;
   /** The raw config.json (for RoPE and anything else). */
   raw: JsonObject;
 }
@@ -55,9 +61,8 @@ export function parseLlamaConfig(raw: JsonObject, file = 'config.json'): LlamaCo
   if (!architecture) {
     throw new UnsupportedError(`${file}: architectures ${JSON.stringify(archs ?? null)} is not supported (supported: ${ARCHITECTURES.join(', ')})`);
   }
-  if (raw.quantization_config !== undefined && raw.quantization_config !== null) {
-    throw new UnsupportedError(`${file}: quantized checkpoints (quantization_config) are not supported by the forward pass yet`);
-  }
+  const quantization = raw.quantization_config;
+  const awq = quantization === undefined || quantization === null ? null : parseAwqConfig(quantization, file);
   const int = (name: string, fallback?: number): number => {
     const v = raw[name] ?? fallback;
     if (typeof v !== 'number' || !Number.isSafeInteger(v) || v <= 0) fail(`${name} must be a positive integer, got ${JSON.stringify(v ?? null)}`);
@@ -92,23 +97,31 @@ export function parseLlamaConfig(raw: JsonObject, file = 'config.json'): LlamaCo
     slidingWindow,
     maxPositionEmbeddings: int('max_position_embeddings', 2048),
     attentionBias: architecture === 'Qwen2ForCausalLM' || raw.attention_bias === true,
+    awq,
     raw,
   };
 }
 
+/** A linear layer's weight: a float [out, in] tensor, or AWQ int4 tensors. */
+type Projection = Tensor | AwqWeight;
+
+function project(x: Tensor, w: Projection, bias: Tensor | null, options?: LinearOptions): Tensor {
+  return w instanceof Tensor ? linear(x, w, bias, options) : awqLinear(x, w, bias, options);
+}
+
 interface LayerWeights {
   inputNorm: Tensor;
-  q: Tensor;
-  k: Tensor;
-  v: Tensor;
+  q: Projection;
+  k: Projection;
+  v: Projection;
   qBias: Tensor | null;
   kBias: Tensor | null;
   vBias: Tensor | null;
-  o: Tensor;
+  o: Projection;
   postNorm: Tensor;
-  gate: Tensor;
-  up: Tensor;
-  down: Tensor;
+  gate: Projection;
+  up: Projection;
+  down: Projection;
 }
 
 /** One forward step over a batch of new tokens of several sequences (their K/V slots already allocated). */
@@ -179,6 +192,17 @@ export class Model {
       return t;
     };
     const c = config;
+    // AWQ layers (modules_to_not_convert aside) store qweight/qzeros/scales instead of .weight.
+    const projection = (name: string, outFeatures: number, inFeatures: number): Projection => {
+      if (!c.awq || isAwqSkipped(c.awq, name)) return get(`${name}.weight`, [outFeatures, inFeatures]);
+      const groupSize = awqGroupSize(c.awq, inFeatures);
+      const info = (n: string): { dtype: string; shape: readonly number[] } | undefined => {
+        const t = weights.get(n);
+        return t && { dtype: dtypeToSafetensors(t.dtype), shape: t.shape };
+      };
+      checkAwqTensors(info, name, inFeatures, outFeatures, groupSize, file);
+      return { qweight: weights.get(`${name}.qweight`)!, qzeros: weights.get(`${name}.qzeros`)!, scales: weights.get(`${name}.scales`)!, groupSize };
+    };
     const qOut = c.numHeads * c.headDim, kvOut = c.numKvHeads * c.headDim;
     this.embed = get('model.embed_tokens.weight', [c.vocabSize, c.hiddenSize]);
     this.norm = get('model.norm.weight', [c.hiddenSize]);
@@ -188,17 +212,17 @@ export class Model {
       const p = `model.layers.${l}.`;
       this.layers.push({
         inputNorm: get(`${p}input_layernorm.weight`, [c.hiddenSize]),
-        q: get(`${p}self_attn.q_proj.weight`, [qOut, c.hiddenSize]),
-        k: get(`${p}self_attn.k_proj.weight`, [kvOut, c.hiddenSize]),
-        v: get(`${p}self_attn.v_proj.weight`, [kvOut, c.hiddenSize]),
+        q: projection(`${p}self_attn.q_proj`, qOut, c.hiddenSize),
+        k: projection(`${p}self_attn.k_proj`, kvOut, c.hiddenSize),
+        v: projection(`${p}self_attn.v_proj`, kvOut, c.hiddenSize),
         qBias: c.attentionBias ? get(`${p}self_attn.q_proj.bias`, [qOut]) : null,
         kBias: c.attentionBias ? get(`${p}self_attn.k_proj.bias`, [kvOut]) : null,
         vBias: c.attentionBias ? get(`${p}self_attn.v_proj.bias`, [kvOut]) : null,
-        o: get(`${p}self_attn.o_proj.weight`, [c.hiddenSize, qOut]),
+        o: projection(`${p}self_attn.o_proj`, c.hiddenSize, qOut),
         postNorm: get(`${p}post_attention_layernorm.weight`, [c.hiddenSize]),
-        gate: get(`${p}mlp.gate_proj.weight`, [c.intermediateSize, c.hiddenSize]),
-        up: get(`${p}mlp.up_proj.weight`, [c.intermediateSize, c.hiddenSize]),
-        down: get(`${p}mlp.down_proj.weight`, [c.hiddenSize, c.intermediateSize]),
+        gate: projection(`${p}mlp.gate_proj`, c.intermediateSize, c.hiddenSize),
+        up: projection(`${p}mlp.up_proj`, c.intermediateSize, c.hiddenSize),
+        down: projection(`${p}mlp.down_proj`, c.hiddenSize, c.intermediateSize),
       });
     }
     this.invFreq = ropeInvFreq(config.raw as RopeConfig);
@@ -289,25 +313,25 @@ export class Model {
         const p = `model.layers.${l}.`;
         const x = keep(delta ? rmsNorm(delta, w.inputNorm, c.rmsNormEps, { residual }) : rmsNorm(residual, w.inputNorm, c.rmsNormEps));
         if (capture) for (const proj of ['q_proj', 'k_proj', 'v_proj']) capture(`${p}self_attn.${proj}`, x);
-        const q = keep(linear(x, w.q, w.qBias)).view([T, c.numHeads, c.headDim]);
-        const k = keep(linear(x, w.k, w.kBias)).view([T, c.numKvHeads, c.headDim]);
-        const v = keep(linear(x, w.v, w.vBias)).view([T, c.numKvHeads, c.headDim]);
+        const q = keep(project(x, w.q, w.qBias)).view([T, c.numHeads, c.headDim]);
+        const k = keep(project(x, w.k, w.kBias)).view([T, c.numKvHeads, c.headDim]);
+        const v = keep(project(x, w.v, w.vBias)).view([T, c.numKvHeads, c.headDim]);
         temps.push(q, k, v);
         rope(q, k, positions, invFreq);
         cache.writeKv(l, k, v, slots);
         const attn = keep(pagedAttention(q, cache, l, meta)).view([T, c.numHeads * c.headDim]);
         temps.push(attn);
         capture?.(`${p}self_attn.o_proj`, attn);
-        const o = keep(linear(attn, w.o));
+        const o = keep(project(attn, w.o, null));
         const h = keep(rmsNorm(o, w.postNorm, c.rmsNormEps, { residual }));
         if (capture) for (const proj of ['gate_proj', 'up_proj']) capture(`${p}mlp.${proj}`, h);
         const gateUp = keep(Tensor.empty([T, 2 * I], { dtype: this.dtype, stream, category: 'activations' }));
         const gateView = keep(gateUp.slice(1, 0, I)), upView = keep(gateUp.slice(1, I, 2 * I));
-        linear(h, w.gate, null, { out: gateView });
-        linear(h, w.up, null, { out: upView });
+        project(h, w.gate, null, { out: gateView });
+        project(h, w.up, null, { out: upView });
         const act = keep(siluMul(gateUp));
         capture?.(`${p}mlp.down_proj`, act);
-        delta = keep(linear(act, w.down));
+        delta = keep(project(act, w.down, null));
       }
       const final = keep(rmsNorm(delta!, this.norm, c.rmsNormEps, { residual }));
       const rows = batch.logitRows ? Int32Array.from(batch.logitRows) : null;

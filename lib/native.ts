@@ -84,6 +84,13 @@ export interface NativeLinearParams {
   xDtype: number; weightDtype: number; biasDtype: number; outDtype: number;
 }
 
+/** The by-value arguments of awqLinear / awqDequantize (addon/awq.cpp). */
+export interface NativeAwqLinearParams {
+  numTokens: number; inFeatures: number; outFeatures: number; groupSize: number; xStride: number; outStride: number;
+  xDtype: number; biasDtype: number; outDtype: number;
+}
+export interface NativeAwqDequantizeParams { inFeatures: number; outFeatures: number; groupSize: number; outDtype: number }
+
 export interface NativeBinding {
   setErrorFactory(factory: (code: string, message: string) => Error): void;
   buildInfo(): { version: string; cuda: boolean; buildSystem: string };
@@ -170,6 +177,18 @@ export interface NativeBinding {
     x: NativeBufferHandle, xOffset: number, weight: NativeBufferHandle, weightOffset: number,
     bias: NativeBufferHandle | null, biasOffset: number, out: NativeBufferHandle, outOffset: number,
     params: NativeLinearParams, stream: NativeStreamHandle,
+  ): void;
+  /** AWQ int4 ops (include/pagedllm/awq.h); the weight is (qweight, qzeros, scales), each (handle, byteOffset). */
+  awqLinear(
+    x: NativeBufferHandle, xOffset: number, qweight: NativeBufferHandle, qweightOffset: number,
+    qzeros: NativeBufferHandle, qzerosOffset: number, scales: NativeBufferHandle, scalesOffset: number,
+    bias: NativeBufferHandle | null, biasOffset: number, out: NativeBufferHandle, outOffset: number,
+    params: NativeAwqLinearParams, stream: NativeStreamHandle,
+  ): void;
+  awqDequantize(
+    qweight: NativeBufferHandle, qweightOffset: number, qzeros: NativeBufferHandle, qzerosOffset: number,
+    scales: NativeBufferHandle, scalesOffset: number, out: NativeBufferHandle, outOffset: number,
+    params: NativeAwqDequantizeParams, stream: NativeStreamHandle,
   ): void;
   /** The CPU kernels' instruction set (PAGEDLLM_SIMD=portable forces 'portable'). */
   cpuSimd(): 'avx2' | 'portable';

@@ -2,7 +2,8 @@
  * The forward-pass ops of a Llama-family model besides attention
  * (include/pagedllm/model_ops.h): token embedding, RMSNorm (optionally fused
  * with the residual add), rotary position embedding, the SiLU gate of the MLP,
- * an element-wise add and the dense linear layer, on the CPU and on CUDA.
+ * an element-wise add, the dense linear layer and the AWQ int4 linear layer
+ * (`awqLinear`, `awqDequantize`), on the CPU and on CUDA.
  * Float tensors are float32, float16 or bfloat16; the math is float32 and each
  * result is rounded once to its dtype. `ropeInvFreq` computes RoPE frequencies
  * from a Hugging Face `config.json` (default, linear and llama3 scaling) as
@@ -535,6 +536,151 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null, options?
     return out.tensor;
   } catch (error) {
     if (out.owned) out.tensor.dispose();
+    throw error;
+  }
+}
+
+// ---- AWQ int4 ---------------------------------------------------------------------------------
+
+/**
+ * One AWQ int4 linear layer (AutoAWQ "GEMM" checkpoints; include/pagedllm/awq.h), its tensors as
+ * the checkpoint stores them: the dequantized weight is W[k, n] = float16((q − z) · s), shape
+ * [inFeatures, outFeatures] — the transpose of an HF nn.Linear weight.
+ */
+export interface AwqWeight {
+  /** int32 [inFeatures, outFeatures / 8]: 8 codes per word along the output dim, AWQ order. */
+  qweight: Tensor;
+  /** int32 [inFeatures / groupSize, outFeatures / 8]: zero points, packed like qweight. */
+  qzeros: Tensor;
+  /** float16 [inFeatures / groupSize, outFeatures]. */
+  scales: Tensor;
+  /** 32, 64 or 128, or inFeatures for one group (a checkpoint's −1, also accepted as −1). */
+  groupSize: number;
+}
+
+export interface AwqLinearOptions {
+  /** Written instead of allocating: [numTokens, outFeatures] of `dtype`, rows contiguous (may be strided). */
+  out?: Tensor;
+  /** Output dtype. Default: out's when given, else x's. */
+  dtype?: DType;
+}
+
+const AWQ_GROUP_SIZES: readonly number[] = [32, 64, 128];
+
+/** The checked sizes of an AwqWeight: K, N, G (−1 resolved to K). */
+function checkAwqWeight(op: string, weight: unknown, primaryName: string, primary: Tensor | null): { K: number; N: number; G: number } {
+  if (weight === null || typeof weight !== 'object') throw new InvalidArgumentError(`${op}: weight must be an AwqWeight { qweight, qzeros, scales, groupSize }`);
+  const w = weight as Partial<AwqWeight>;
+  const qweight = checkTensor(op, 'weight.qweight', w.qweight);
+  const qzeros = checkTensor(op, 'weight.qzeros', w.qzeros);
+  const scales = checkTensor(op, 'weight.scales', w.scales);
+  if (qweight.dtype !== 'int32' || qweight.ndim !== 2 || qweight.shape[0] === 0 || qweight.shape[1] === 0) {
+    throw new InvalidArgumentError(`${op}: weight.qweight must be int32 [inFeatures, outFeatures / 8], got ${shapeText(qweight)}`);
+  }
+  const [K, words] = qweight.shape as [number, number];
+  if (primary && primary.shape[1] !== K) {
+    throw new InvalidArgumentError(`${op}: weight.qweight must be int32 [${primary.shape[1]}, outFeatures / 8] to match ${primaryName}, got ${shapeText(qweight)}`);
+  }
+  const N = 8 * words;
+  const g = w.groupSize;
+  if (typeof g !== 'number' || !Number.isInteger(g)) throw new InvalidArgumentError(`${op}: weight.groupSize must be an integer, got ${String(g)}`);
+  const G = g === -1 ? K : g;
+  if (!AWQ_GROUP_SIZES.includes(G) && G !== K) {
+    throw new UnsupportedError(`${op}: group size ${g} is not supported (supported: 32, 64, 128, or inFeatures (${K}) / -1 for one group)`);
+  }
+  if (K % G !== 0) throw new InvalidArgumentError(`${op}: inFeatures ${K} is not a multiple of the group size ${G}`);
+  const groups = K / G;
+  if (qzeros.dtype !== 'int32' || qzeros.ndim !== 2 || qzeros.shape[0] !== groups || qzeros.shape[1] !== words) {
+    throw new InvalidArgumentError(`${op}: weight.qzeros must be int32 [${groups}, ${words}], got ${shapeText(qzeros)}`);
+  }
+  if (scales.dtype !== 'float16' || scales.ndim !== 2 || scales.shape[0] !== groups || scales.shape[1] !== N) {
+    throw new InvalidArgumentError(`${op}: weight.scales must be float16 [${groups}, ${N}], got ${shapeText(scales)}`);
+  }
+  for (const [name, t] of [['weight.qweight', qweight], ['weight.qzeros', qzeros], ['weight.scales', scales]] as [string, Tensor][]) {
+    checkContiguous(op, name, t);
+    if (primary) checkSameDevice(op, name, t, primaryName, primary);
+  }
+  checkSameDevice(op, 'weight.qzeros', qzeros, 'weight.qweight', qweight);
+  checkSameDevice(op, 'weight.scales', scales, 'weight.qweight', qweight);
+  return { K, N, G };
+}
+
+/**
+ * y = x · W (+ bias) with W an AWQ int4 weight, dequantized inside the kernel: x [numTokens,
+ * inFeatures] (rows may be strided), bias [outFeatures] or null/undefined; float32 accumulation,
+ * one rounding to the output dtype (dtype rules as {@link linear}). Decode-sized batches stream the
+ * packed words once (a fused GEMV); larger ones run a GEMM over dequantized tiles (CPU: cache-blocked;
+ * CUDA: tensor cores, or dequantize + dense GEMM past a crossover).
+ *
+ * @example
+ * const y = awqLinear(x, { qweight, qzeros, scales, groupSize: 128 });   // x [tokens, 4096] → y [tokens, N]
+ */
+export function awqLinear(x: Tensor, weight: AwqWeight, bias?: Tensor | null, options?: AwqLinearOptions): Tensor {
+  const op = 'awqLinear';
+  checkTensor(op, 'x', x);
+  const o = checkOptions(op, options);
+  if (x.ndim !== 2) throw new InvalidArgumentError(`${op}: x must be [numTokens, inFeatures], got ${shapeText(x)}`);
+  checkFloat(op, 'x', x);
+  const { K, N, G } = checkAwqWeight(op, weight, 'x', x);
+  const numTokens = x.shape[0]!;
+  const xStride = rowStride(op, 'x', x);
+  let b: Tensor | null = null;
+  if (bias !== undefined && bias !== null) {
+    b = checkTensor(op, 'bias', bias);
+    if (b.ndim !== 1 || b.shape[0] !== N || !isFloat(b.dtype)) {
+      throw new InvalidArgumentError(`${op}: bias must be [${N}] of float32, float16 or bfloat16, got ${shapeText(b)}`);
+    }
+    checkContiguous(op, 'bias', b);
+    checkSameDevice(op, 'bias', b, 'x', x);
+  }
+  const dtype = checkOutDtype(op, o.dtype ?? (o.out instanceof Tensor ? o.out.dtype : x.dtype));
+  const out = output(op, o.out, dtype, [numTokens, N], x, false);
+  try {
+    const outStride = rowStride(op, 'out', out.tensor);
+    if (numTokens > 0) {
+      ordered(x.stream, [weight.qweight, weight.qzeros, weight.scales, b, out.tensor], () =>
+        native().awqLinear(
+          ...x.nativeRegion(), ...weight.qweight.nativeRegion(), ...weight.qzeros.nativeRegion(), ...weight.scales.nativeRegion(),
+          ...region(b), ...out.tensor.nativeRegion(),
+          {
+            numTokens, inFeatures: K, outFeatures: N, groupSize: G, xStride, outStride,
+            xDtype: dtypeCode(x.dtype), biasDtype: dtypeCode(b?.dtype ?? 'float32'), outDtype: dtypeCode(dtype),
+          },
+          x.stream.handle,
+        ),
+      );
+    }
+    return out.tensor;
+  } catch (error) {
+    if (out.owned) out.tensor.dispose();
+    throw error;
+  }
+}
+
+/**
+ * The dequantized weight W [inFeatures, outFeatures], W[k, n] = float16((q − z) · s): float16 (bit
+ * for bit the value AutoAWQ / vLLM compute) or float32 (the same values). A new tensor of category
+ * 'weights' on weight.qweight's stream.
+ */
+export function awqDequantize(weight: AwqWeight, options?: { dtype?: 'float16' | 'float32' }): Tensor {
+  const op = 'awqDequantize';
+  const o = checkOptions(op, options);
+  const { K, N, G } = checkAwqWeight(op, weight, '', null);
+  const dtype = o.dtype ?? 'float16';
+  if (dtype !== 'float16' && dtype !== 'float32') throw new InvalidArgumentError(`${op}: dtype must be float16 or float32, got ${JSON.stringify(dtype)}`);
+  const stream = weight.qweight.stream;
+  const out = Tensor.empty([K, N], { dtype, stream, category: 'weights' });
+  try {
+    ordered(stream, [weight.qzeros, weight.scales], () =>
+      native().awqDequantize(
+        ...weight.qweight.nativeRegion(), ...weight.qzeros.nativeRegion(), ...weight.scales.nativeRegion(), ...out.nativeRegion(),
+        { inFeatures: K, outFeatures: N, groupSize: G, outDtype: dtypeCode(dtype) },
+        stream.handle,
+      ),
+    );
+    return out;
+  } catch (error) {
+    out.dispose();
     throw error;
   }
 }

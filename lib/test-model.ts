@@ -24,16 +24,25 @@
  * the Llama 3.1 way (`rope_type`), "linear" the older way (`type`), so a
  * loader meets both spellings.
  *
+ * `awq` makes an AWQ int4 variant: the float model is written to a temporary
+ * folder and quantized into `out` by the quantizer (lib/quantize.ts, seeded
+ * random calibration tokens), so `out` holds an AutoAWQ GEMM checkpoint
+ * (qweight / qzeros / scales, float16 elsewhere, `quantization_config`).
+ *
  * @example
  * const model = await makeTestModel({ out: '/tmp/tiny-llama', arch: 'llama', layers: 2, dtype: 'bfloat16' });
  * // node scripts/make-test-model.js --out /tmp/tiny-qwen --arch qwen2 --shards 2
+ * const awq = await makeTestModel({ out: '/tmp/tiny-awq', hidden: 128, intermediate: 256, awq: { groupSize: 64 } });
  */
 import * as fs from 'node:fs';
+import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { float32ToBfloat16, float32ToFloat16 } from './dtype';
+import { AWQ_GROUP_SIZES } from './awq';
 import { InvalidArgumentError } from './errors';
-import { dtypeToSafetensors, writeSafetensors, type SafetensorsDType, type SafetensorsTensorData } from './safetensors';
+import { quantizeModel, type QuantizeReport } from './quantize';
+import { SafetensorsCheckpoint, dtypeToSafetensors, writeSafetensors, type SafetensorsDType, type SafetensorsTensorData } from './safetensors';
 
 export type TestModelArch = 'llama' | 'mistral' | 'qwen2';
 export type TestModelDType = 'float32' | 'float16' | 'bfloat16';
@@ -75,6 +84,11 @@ export interface TestModelOptions {
   seed?: number;
   /** Standard deviation of the random weights, default 0.02. */
   initStd?: number;
+  /**
+   * Quantize to AWQ int4 through the quantizer. groupSize: default the largest of 128, 64, 32
+   * dividing every linear's input size (else −1); alphaGrid: the scale search's grid (default 20).
+   */
+  awq?: { groupSize?: number; alphaGrid?: number };
 }
 
 export interface TestModel {
@@ -85,6 +99,8 @@ export interface TestModel {
   files: string[];
   /** Every tensor's safetensors dtype and shape, by name. */
   tensors: Record<string, { dtype: SafetensorsDType; shape: number[] }>;
+  /** With `awq`: the quantizer's report (AWQ vs round-to-nearest errors). */
+  awq?: QuantizeReport;
 }
 
 const ARCHITECTURES: Record<TestModelArch, string> = {
@@ -128,6 +144,22 @@ interface Resolved {
   shards: number;
   seed: number;
   initStd: number;
+  awq: { groupSize: number; alphaGrid: number } | null;
+}
+
+/** The largest supported group size dividing every linear's input size (hidden, heads · headDim, intermediate). */
+function defaultAwqGroupSize(inputs: number[]): number {
+  return [128, 64, 32].find((g) => inputs.every((k) => k % g === 0)) ?? -1;
+}
+
+function resolveAwq(options: TestModelOptions, inputs: number[], shards: number): Resolved['awq'] {
+  const awq = options.awq;
+  if (awq === undefined) return null;
+  if (awq === null || typeof awq !== 'object') throw new InvalidArgumentError('makeTestModel: awq must be an object { groupSize?, alphaGrid? }');
+  if (shards !== 1) throw new InvalidArgumentError('makeTestModel: awq models are written as one file; leave shards at 1');
+  const groupSize = awq.groupSize ?? defaultAwqGroupSize(inputs);
+  if (!AWQ_GROUP_SIZES.includes(groupSize)) throw new InvalidArgumentError(`makeTestModel: awq.groupSize must be one of ${AWQ_GROUP_SIZES.join(', ')}, got ${String(awq.groupSize)}`);
+  return { groupSize, alphaGrid: positiveInteger(awq.alphaGrid, 'awq.alphaGrid', 20) };
 }
 
 function resolveOptions(options: TestModelOptions): Resolved {
@@ -163,6 +195,8 @@ function resolveOptions(options: TestModelOptions): Resolved {
   if (typeof initStd !== 'number' || !(initStd > 0) || !Number.isFinite(initStd)) throw new InvalidArgumentError(`makeTestModel: initStd must be a positive number, got ${String(options.initStd)}`);
   const seed = options.seed ?? 0;
   if (typeof seed !== 'number' || !Number.isSafeInteger(seed)) throw new InvalidArgumentError(`makeTestModel: seed must be an integer, got ${String(options.seed)}`);
+  const intermediate = positiveInteger(options.intermediate, 'intermediate', 128);
+  const shards = positiveInteger(options.shards, 'shards', 1);
   return {
     out: options.out,
     arch,
@@ -172,7 +206,7 @@ function resolveOptions(options: TestModelOptions): Resolved {
     kvHeads,
     headDim,
     headDimGiven,
-    intermediate: positiveInteger(options.intermediate, 'intermediate', 128),
+    intermediate,
     vocab,
     dtype,
     tie: options.tie ?? false,
@@ -180,9 +214,10 @@ function resolveOptions(options: TestModelOptions): Resolved {
     ropeScaling,
     ropeTheta,
     maxPositionEmbeddings: positiveInteger(options.maxPositionEmbeddings, 'maxPositionEmbeddings', 2048),
-    shards: positiveInteger(options.shards, 'shards', 1),
+    shards,
     seed,
     initStd,
+    awq: resolveAwq(options, [hidden, heads * headDim, intermediate], shards),
   };
 }
 
@@ -494,6 +529,31 @@ async function writeJson(file: string, value: unknown): Promise<void> {
 /** Writes a random model folder (see the module comment) and describes it. */
 export async function makeTestModel(options: TestModelOptions): Promise<TestModel> {
   const o = resolveOptions(options);
+  return o.awq ? writeAwqModel(o, o.awq) : writeFloatModel(o);
+}
+
+/** The float model in a temporary folder, quantized into `out`. */
+async function writeAwqModel(o: Resolved, awq: NonNullable<Resolved['awq']>): Promise<TestModel> {
+  const floatDir = await fs.promises.mkdtemp(path.join(os.tmpdir(), 'pagedllm-test-model-float-'));
+  try {
+    const float = await writeFloatModel({ ...o, out: floatDir, awq: null });
+    const report = await quantizeModel({ model: floatDir, out: o.out, groupSize: awq.groupSize, alphaGrid: awq.alphaGrid, seed: o.seed });
+    const checkpoint = await SafetensorsCheckpoint.open(o.out);
+    const tensors: TestModel['tensors'] = {};
+    try {
+      for (const name of checkpoint.names()) tensors[name] = { dtype: checkpoint.info(name).dtype, shape: checkpoint.info(name).shape.slice() };
+    } finally {
+      await checkpoint.close();
+    }
+    const config = JSON.parse(await fs.promises.readFile(path.join(o.out, 'config.json'), 'utf8')) as Record<string, unknown>;
+    const files = ['model.safetensors', ...float.files.filter((f) => !f.endsWith('.safetensors') && f !== 'model.safetensors.index.json')];
+    return { dir: o.out, config, files, tensors, awq: report };
+  } finally {
+    await fs.promises.rm(floatDir, { recursive: true, force: true });
+  }
+}
+
+async function writeFloatModel(o: Resolved): Promise<TestModel> {
   const layout = tensorLayout(o);
   if (o.shards > layout.length) throw new InvalidArgumentError(`makeTestModel: shards ${o.shards} is more than the ${layout.length} tensors`);
   const dir = o.out;

@@ -4,6 +4,7 @@
 // is lib/test-model.ts, used here through dist/ (`npm run build:ts` first).
 //
 //   node scripts/make-test-model.js --out /tmp/tiny --arch qwen2 --dtype bfloat16 --shards 2
+//   node scripts/make-test-model.js --out /tmp/tiny-awq --hidden 128 --intermediate 256 --awq --group-size 64
 'use strict';
 const path = require('node:path');
 const { Command, InvalidArgumentError } = require('commander');
@@ -42,11 +43,14 @@ const program = new Command('make-test-model')
   .option('--shards <n>', 'number of safetensors files (more than 1 writes an index)', integer, 1)
   .option('--seed <n>', 'random seed', integer, 0)
   .option('--init-std <std>', 'standard deviation of the random weights', number, 0.02)
+  .option('--awq', 'quantize to AWQ int4 (AutoAWQ GEMM checkpoint) with the quantizer', false)
+  .option('--group-size <n>', 'AWQ group size: 32, 64, 128 or -1 (default: the largest that divides every layer)', integer)
   .option('--json', 'print the description of the model as JSON', false);
 
 async function main() {
   program.parse();
   const o = program.opts();
+  if (o.groupSize !== undefined && !o.awq) program.error('make-test-model: --group-size goes with --awq');
   let lib;
   try {
     lib = require(path.join(dist, 'test-model.js'));
@@ -73,12 +77,14 @@ async function main() {
     shards: o.shards,
     seed: o.seed,
     initStd: o.initStd,
+    awq: o.awq ? { groupSize: o.groupSize } : undefined,
   });
   if (o.json) {
     console.log(JSON.stringify(model));
   } else {
     const count = Object.keys(model.tensors).length;
-    console.log(`wrote ${model.config.architectures[0]} (${o.dtype}, ${count} tensors) to ${model.dir}: ${model.files.join(', ')}`);
+    const kind = model.awq ? `AWQ int4, group size ${model.awq.groupSize}` : o.dtype;
+    console.log(`wrote ${model.config.architectures[0]} (${kind}, ${count} tensors) to ${model.dir}: ${model.files.join(', ')}`);
   }
 }
 

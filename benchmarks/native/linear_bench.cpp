@@ -1,7 +1,13 @@
 // The native linear benchmark: decode GEMV (M = 1, 8) and a prefill GEMM (M = 128) over a
-// Llama-7B-shaped float16 weight (N = K = 4096), for every CPU SIMD path or on CUDA.
+// Llama-7B-shaped float16 weight (N = K = 4096), for every CPU SIMD path or on CUDA; then the AWQ
+// int4 linear (include/pagedllm/awq.h, group size 128) at M = 1, 8, 128 on K × N = 4096 × 4096 and
+// 4096 × 11008, each beside the float16 linear of the same shape.
 //
-//   pagedllm_bench_linear [--device cpu|cuda] [--reps N]
+//   pagedllm_bench_linear [--device cpu|cuda] [--reps N] [--only dense|awq] [--awq-m 1,8,128]
+//
+// AWQ rows count as weight bytes the packed tensors read per call (qweight + qzeros + scales;
+// 4.2 bits per weight at G = 128) and rotate through enough copies (≥ 128 MiB) that no call finds
+// its weights in the CPU's L3 or the GPU's L2.
 //
 // For each case: the median time, the weight bytes over it as GB/s (the roofline of decode, where
 // the weights are the traffic) beside the memory bandwidth measured in the same run (CPU: a
@@ -19,6 +25,7 @@
 #include <string>
 #include <vector>
 
+#include "pagedllm/awq.h"
 #include "pagedllm/convert.h"
 #include "pagedllm/device.h"
 #include "pagedllm/memory_resource.h"
@@ -38,17 +45,118 @@ struct Row {
   double seconds, weight_gbs, gflops;
 };
 
+struct AwqRow {
+  std::string path, weight;  // weight: "awq-int4-g128" or "float16"
+  int64_t m, k, n;
+  double seconds, bytes;
+};
+
+// Median seconds of `reps` calls of run(r) (after 2 warm-ups), timed with CUDA events or the clock.
+template <typename F>
+double time_calls(const std::shared_ptr<Stream>& stream, int reps, F&& run) {
+  std::vector<double> times;
+  for (int r = 0; r < reps + 2; ++r) {
+#if PAGEDLLM_HAVE_CUDA
+    if (!stream->device().is_cpu()) {
+      cudaStream_t s = as_cuda_stream(*stream).handle();
+      cudaEvent_t e0, e1;
+      cuda_ok(cudaEventCreate(&e0), "cudaEventCreate");
+      cuda_ok(cudaEventCreate(&e1), "cudaEventCreate");
+      cuda_ok(cudaEventRecord(e0, s), "cudaEventRecord");
+      run(r);
+      cuda_ok(cudaEventRecord(e1, s), "cudaEventRecord");
+      cuda_ok(cudaEventSynchronize(e1), "cudaEventSynchronize");
+      float ms = 0;
+      cuda_ok(cudaEventElapsedTime(&ms, e0, e1), "cudaEventElapsedTime");
+      cudaEventDestroy(e0);
+      cudaEventDestroy(e1);
+      if (r >= 2) times.push_back(ms / 1e3);
+      continue;
+    }
+#endif
+    const auto t0 = std::chrono::steady_clock::now();
+    run(r);
+    stream->synchronize();
+    if (r >= 2) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+  }
+  return median(times);
+}
+
+// AWQ int4 (G = 128) against float16 on K × N, M = 1, 8, 128, every CPU SIMD path (or CUDA).
+void awq_cases(const std::shared_ptr<Stream>& stream, const std::vector<std::pair<std::string, CpuSimd>>& paths, int reps,
+               const std::vector<int64_t>& ms, std::vector<AwqRow>& rows) {
+  const bool cuda = !stream->device().is_cpu();
+  const int64_t G = 128;
+  std::mt19937 rng(7);
+  for (auto [K, N] : {std::pair<int64_t, int64_t>{4096, 4096}, {4096, 11008}}) {
+    const size_t qw = K * N / 2, qz = (K / G) * N / 2, sc = (K / G) * N * 2, f16 = K * N * 2;
+    const size_t awq_bytes = qw + qz + sc;
+    const int64_t copies = (size_t(128) << 20) / awq_bytes + 1, f16_copies = (size_t(128) << 20) / f16 + 1;
+    // Random words and scales, one host copy uploaded `copies` times (packed back to back).
+    std::vector<unsigned char> host(awq_bytes);
+    for (size_t i = 0; i < qw + qz; ++i) host[i] = static_cast<unsigned char>(rng());
+    std::uniform_real_distribution<float> u(0.002f, 0.02f);
+    for (size_t i = 0; i < sc / 2; ++i) {
+      const uint16_t h = float_to_half_bits(u(rng));
+      std::memcpy(&host[qw + qz + 2 * i], &h, 2);
+    }
+    Buffer awq(copies * awq_bytes, stream), dense(f16_copies * f16, stream);
+    for (int64_t c = 0; c < copies; ++c) upload(host.data(), static_cast<char*>(awq.ptr) + c * awq_bytes, awq_bytes, *stream);
+    std::vector<uint16_t> dense_host(K * N);
+    for (auto& v : dense_host) v = float_to_half_bits(0.01f * (u(rng) - 0.01f));
+    for (int64_t c = 0; c < f16_copies; ++c) upload(dense_host.data(), static_cast<char*>(dense.ptr) + c * f16, f16, *stream);
+    auto weight = [&](int64_t c) {
+      const char* base = static_cast<const char*>(awq.ptr) + c * awq_bytes;
+      return AwqWeight{reinterpret_cast<const int32_t*>(base), reinterpret_cast<const int32_t*>(base + qw),
+                       reinterpret_cast<const uint16_t*>(base + qw + qz), K, N, G};
+    };
+    for (const auto& [name, simd] : paths)
+      for (int64_t M : ms) {
+        std::vector<uint16_t> xh(M * K);
+        for (auto& v : xh) v = float_to_half_bits(u(rng) * 50 - 0.5f);
+        Buffer x(xh.size() * 2, stream), out(M * N * 2, stream);
+        upload(xh.data(), x.ptr, xh.size() * 2, *stream);
+        stream->synchronize();
+        const int r_awq = M > 8 && !cuda ? std::max(3, reps / 5) : reps;
+        const double t_awq = time_calls(stream, r_awq, [&, simd = simd](int r) {
+          const AwqLinearArgs a{x.ptr, K, DType::Float16, weight(r % copies), nullptr, DType::Float32, out.ptr, N, DType::Float16, M};
+          if (cuda) awq_linear(a, *stream);
+          else awq_linear_cpu(a, *stream, simd);
+        });
+        rows.push_back({name, "awq-int4-g128", M, K, N, t_awq, static_cast<double>(awq_bytes)});
+        const double t_f16 = time_calls(stream, r_awq, [&, simd = simd](int r) {
+          const LinearArgs a{x.ptr, K, DType::Float16, static_cast<char*>(dense.ptr) + (r % f16_copies) * f16, DType::Float16,
+                             nullptr, DType::Float32, out.ptr, N, DType::Float16, M, N, K};
+          if (cuda) linear(a, *stream);
+          else linear_cpu(a, *stream, simd);
+        });
+        rows.push_back({name, "float16", M, K, N, t_f16, static_cast<double>(f16)});
+      }
+  }
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
   std::string device = "cpu";
+  std::string only;
+  std::vector<int64_t> awq_ms = {1, 8, 128};
   int reps = 15;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--device" && i + 1 < argc) device = argv[++i];
     else if (a == "--reps" && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--only" && i + 1 < argc) only = argv[++i];
+    else if (a == "--awq-m" && i + 1 < argc) {
+      awq_ms.clear();
+      for (const char* p = argv[++i]; *p;) {
+        char* end;
+        awq_ms.push_back(std::max(1L, std::strtol(p, &end, 10)));
+        p = *end == ',' ? end + 1 : end + std::strlen(end);
+      }
+    }
     else {
-      std::fprintf(stderr, "usage: %s [--device cpu|cuda] [--reps N]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--device cpu|cuda] [--reps N] [--only dense|awq] [--awq-m 1,8,128]\n", argv[0]);
       return 2;
     }
   }
@@ -82,7 +190,7 @@ int main(int argc, char** argv) {
     if (cpu_simd() != CpuSimd::Portable) paths.push_back({"portable", CpuSimd::Portable});
   }
   std::vector<Row> rows;
-  for (const auto& [name, simd] : paths)
+  for (const auto& [name, simd] : only == "awq" ? decltype(paths){} : paths)
     for (int64_t M : {1, 8, 128})
       for (DType xt : {DType::Float32, DType::Float16}) {
         if (cuda && xt == DType::Float32 && M > 8) continue;  // float32 activations take the SIMT path: not the case of interest
@@ -129,10 +237,20 @@ int main(int argc, char** argv) {
         rows.push_back({name, M, dtype_name(xt), t, weight_bytes / t / 1e9, 2.0 * M * N * K / t / 1e9});
       }
 
+  std::vector<AwqRow> awq_rows;
+  if (only != "dense") awq_cases(stream, paths, reps, awq_ms, awq_rows);
+
   std::printf("%-9s %5s %-8s %10s %12s %8s %10s\n", "path", "M", "x", "median ms", "weight GB/s", "of bw", "GFLOP/s");
   for (const Row& r : rows)
     std::printf("%-9s %5lld %-8s %10.3f %12.1f %7.0f%% %10.1f\n", r.path.c_str(), static_cast<long long>(r.m),
                 r.x_dtype.c_str(), r.seconds * 1e3, r.weight_gbs, 100 * r.weight_gbs * 1e9 / bandwidth, r.gflops);
+  if (!awq_rows.empty()) {
+    std::printf("\n%-9s %-14s %5s %12s %10s %12s %8s\n", "path", "weight", "M", "K x N", "median ms", "weight GB/s", "of bw");
+    for (const AwqRow& r : awq_rows)
+      std::printf("%-9s %-14s %5lld %5lldx%-6lld %10.3f %12.1f %7.0f%%\n", r.path.c_str(), r.weight.c_str(),
+                  static_cast<long long>(r.m), static_cast<long long>(r.k), static_cast<long long>(r.n), r.seconds * 1e3,
+                  r.bytes / r.seconds / 1e9, 100 * r.bytes / r.seconds / bandwidth);
+  }
   std::printf("{\"device\":\"%s\",\"threads\":%d,\"bandwidth_gbs\":%.2f,\"N\":%lld,\"K\":%lld,\"weight\":\"float16\",\"cases\":[",
               device.c_str(), cuda ? 0 : ThreadPool::global().size(), bandwidth / 1e9, static_cast<long long>(N),
               static_cast<long long>(K));
@@ -140,6 +258,14 @@ int main(int argc, char** argv) {
     std::printf("%s{\"path\":\"%s\",\"M\":%lld,\"x\":\"%s\",\"median_ms\":%.4f,\"weight_gbs\":%.2f,\"gflops\":%.2f}", i ? "," : "",
                 rows[i].path.c_str(), static_cast<long long>(rows[i].m), rows[i].x_dtype.c_str(), rows[i].seconds * 1e3,
                 rows[i].weight_gbs, rows[i].gflops);
+  std::printf("],\"awq\":[");
+  for (size_t i = 0; i < awq_rows.size(); ++i) {
+    const AwqRow& r = awq_rows[i];
+    std::printf("%s{\"path\":\"%s\",\"weight\":\"%s\",\"M\":%lld,\"K\":%lld,\"N\":%lld,\"median_ms\":%.4f,\"weight_bytes\":%.0f,"
+                "\"weight_gbs\":%.2f,\"fraction_of_bandwidth\":%.4f}",
+                i ? "," : "", r.path.c_str(), r.weight.c_str(), static_cast<long long>(r.m), static_cast<long long>(r.k),
+                static_cast<long long>(r.n), r.seconds * 1e3, r.bytes, r.bytes / r.seconds / 1e9, r.bytes / r.seconds / bandwidth);
+  }
   std::printf("]}\n");
   return 0;
 }

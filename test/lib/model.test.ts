@@ -9,18 +9,26 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 
 import {
+  awqDequantize,
   BlockManager,
   bfloat16ToFloat32,
+  dequantizeAwq,
   float16ToFloat32,
+  float32ToFloat16,
   generate,
   KvCache,
   makeTestModel,
   Model,
   ModelFormatError,
+  quantizeModel,
   SafetensorsCheckpoint,
   UnsupportedError,
+  writeSafetensors,
+  type QuantizedLinear,
+  type SafetensorsTensorData,
   type TestModelOptions,
 } from '../../lib';
+import { expectStorageEqual } from './helpers';
 
 const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'pagedllm-model-'));
 afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
@@ -49,8 +57,22 @@ async function loadReference(dir: string): Promise<Ref> {
   const raw = JSON.parse(fs.readFileSync(path.join(dir, 'config.json'), 'utf8')) as Record<string, unknown>;
   const ckpt = await SafetensorsCheckpoint.open(dir);
   const w = new Map<string, Float64Array>();
+  const quant = raw.quantization_config as { group_size?: number; modules_to_not_convert?: string[] } | undefined;
   for (const name of ckpt.names()) {
     const info = ckpt.info(name);
+    if (name.endsWith('.qzeros') || name.endsWith('.scales')) continue;
+    if (name.endsWith('.qweight')) {
+      // AWQ: the dequantized [K, N] weight, transposed to HF's [N, K].
+      const prefix = name.slice(0, -'.qweight'.length);
+      const [K, words] = info.shape as [number, number];
+      const N = 8 * words;
+      const read = async (suffix: string) => ckpt.readArray(`${prefix}.${suffix}`);
+      const W = dequantizeAwq({ qweight: (await read('qweight')) as Int32Array, qzeros: (await read('qzeros')) as Int32Array, scales: (await read('scales')) as Uint16Array }, N, K, quant!.group_size!);
+      const hf = new Float64Array(N * K);
+      for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) hf[n * K + k] = W[k * N + n]!;
+      w.set(`${prefix}.weight`, hf);
+      continue;
+    }
     const data = await ckpt.readArray(name);
     const f = info.dtype === 'F16' ? float16ToFloat32(data as Uint16Array) : info.dtype === 'BF16' ? bfloat16ToFloat32(data as Uint16Array) : (data as Float32Array);
     w.set(name, Float64Array.from(f));
@@ -305,4 +327,162 @@ test('generate (greedy) and `pagedllm generate --json` give the reference\'s gre
   const bad = spawnSync(process.execPath, [cli, 'generate', '--model', dir, '--prompt-ids', '1,2', '--device', 'cpu'], { encoding: 'utf8' });
   expect(bad.status).not.toBe(0);
   expect(bad.stderr).toContain('ERR_MODEL_FORMAT');
+});
+
+// ---- AWQ int4 models ---------------------------------------------------------------------------------
+// Quantized by the quantizer (makeTestModel's awq option), run through awqLinear, against the
+// float64 reference on the checkpoint's dequantized weights (lib/awq.ts dequantizeAwq, itself
+// checked against formats.md in awq.test.ts). Prefill (more than 8 tokens: the GEMM path) and
+// decode (one token: the GEMV path, which skips W's float16 rounding, hence the looser tolerance).
+
+function expectLogitsNear(got: Float32Array, want: number[], what: string, relative: number): void {
+  const scale = Math.max(...want.map(Math.abs));
+  let worst = 0, at = 0;
+  for (let i = 0; i < want.length; i++) {
+    const d = Math.abs(got[i]! - want[i]!);
+    if (d > worst) [worst, at] = [d, i];
+  }
+  if (!(worst <= relative * scale)) throw new Error(`${what}: logits differ by ${worst} at ${at} (got ${got[at]}, want ${want[at]}; scale ${scale})`);
+}
+
+const awqVariants: Array<[string, Omit<TestModelOptions, 'out'>]> = [
+  ['llama GQA, AWQ group 64', { ...base, arch: 'llama', seed: 12, awq: { groupSize: 64, alphaGrid: 4 } }],
+  ['qwen2 MHA with q/k/v bias, AWQ group 128', { ...base, arch: 'qwen2', kvHeads: 2, intermediate: 256, seed: 13, awq: { groupSize: 128, alphaGrid: 4 } }],
+  ['llama tied, AWQ one group per layer (-1)', { ...base, arch: 'llama', tie: true, seed: 14, awq: { groupSize: -1, alphaGrid: 2 } }],
+];
+
+describe.each(awqVariants)('%s', (name, options) => {
+  const dir = path.join(tmp, name.replace(/[^a-z0-9]+/gi, '-'));
+  let model: Model;
+  let ref: Ref;
+  beforeAll(async () => {
+    await makeTestModel({ ...options, out: dir });
+    model = await Model.load(dir, { device: 'cpu' });
+    ref = await loadReference(dir);
+  });
+  afterAll(() => model?.dispose());
+
+  test('prefill logits and greedy decode through the paged cache match float64 on the dequantized weights', async () => {
+    expect(model.config.awq).toMatchObject({ bits: 4, groupSize: options.awq!.groupSize });
+    const cache = new KvCache({ ...model.kvCacheShape(), numBlocks: 8, blockSize: 16, kvDtype: 'float32' });
+    const blocks = new BlockManager({ numBlocks: 8, blockSize: 16 });
+    const prompt = [1, 17, 200, 43, 9, 250, 77, 5, 120, 33, 61];
+    const first = blocks.allocateSlots('s', prompt.length)!;
+    const logits = model.forward(cache, {
+      tokenIds: Int32Array.from(prompt), positions: Int32Array.from(prompt.map((_, i) => i)), slotMapping: first.slotMapping,
+      blockTables: [[...blocks.blockTable('s')]], seqLens: [prompt.length], cuSeqLensQ: [0, prompt.length],
+    });
+    const got = (await logits.toArray()) as Float32Array;
+    logits.dispose();
+    const want = referenceLogits(ref, prompt);
+    const V = ref.cfg.vocab;
+    for (let t = 0; t < prompt.length; t++) expectLogitsNear(got.subarray(t * V, (t + 1) * V), want[t]!, `${name} position ${t}`, 1e-4);
+    const tokens = [...prompt];
+    let next = argmax(want[prompt.length - 1]!);
+    for (let step = 0; step < 4; step++) {
+      tokens.push(next);
+      const alloc = blocks.allocateSlots('s', 1)!;
+      const out = model.forward(cache, {
+        tokenIds: Int32Array.of(next), positions: Int32Array.of(tokens.length - 1), slotMapping: alloc.slotMapping,
+        blockTables: [[...blocks.blockTable('s')]], seqLens: [tokens.length],
+      });
+      const row = (await out.toArray()) as Float32Array;
+      out.dispose();
+      const full = referenceLogits(ref, tokens);
+      expectLogitsNear(row, full[tokens.length - 1]!, `${name} decode step ${step}`, 2e-3);
+      next = argmax(full[tokens.length - 1]!);
+    }
+    cache.dispose();
+  });
+});
+
+/** Rewrites a checkpoint folder's tensors and config (for crafted bad or partly quantized models). */
+async function rewrite(dir: string, editTensors: (t: Record<string, SafetensorsTensorData>) => Promise<void> | void, editConfig: (c: Record<string, unknown>) => void = () => undefined): Promise<void> {
+  const ckpt = await SafetensorsCheckpoint.open(dir);
+  const tensors: Record<string, SafetensorsTensorData> = {};
+  try {
+    for (const n of ckpt.names()) tensors[n] = { dtype: ckpt.info(n).dtype, shape: ckpt.info(n).shape, data: await ckpt.readArray(n) };
+  } finally {
+    await ckpt.close();
+  }
+  await editTensors(tensors);
+  await writeSafetensors(path.join(dir, 'model.safetensors'), tensors, { format: 'pt' });
+  const configFile = path.join(dir, 'config.json');
+  const config = JSON.parse(fs.readFileSync(configFile, 'utf8'));
+  editConfig(config);
+  fs.writeFileSync(configFile, JSON.stringify(config));
+}
+
+test('round trip: quantize, load, and awqDequantize of every loaded layer equals the quantizer\'s reconstruction bit for bit', async () => {
+  const floatDir = path.join(tmp, 'awq-round-trip-float'), dir = path.join(tmp, 'awq-round-trip');
+  await makeTestModel({ ...base, intermediate: 256, out: floatDir, seed: 15 });
+  const recon = new Map<string, QuantizedLinear>();
+  await quantizeModel({ model: floatDir, out: dir, groupSize: 32, alphaGrid: 4, onLinear: (n, q) => recon.set(n, q) });
+  const model = await Model.load(dir, { device: 'cpu' });
+  model.dispose();
+  const ckpt = await SafetensorsCheckpoint.open(dir);
+  try {
+    expect(recon.size).toBe(14);
+    for (const [layer, q] of recon) {
+      const [qweight, qzeros, scales] = await Promise.all(['qweight', 'qzeros', 'scales'].map((s) => ckpt.loadTensor(`${layer}.${s}`, { device: 'cpu' })));
+      const weight = { qweight: qweight!, qzeros: qzeros!, scales: scales!, groupSize: 32 };
+      const K = q.inFeatures, N = q.outFeatures;
+      const want = new Float32Array(K * N);  // [K, N]: the reconstruction [N, K] transposed
+      for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) want[k * N + n] = q.reconstruction[n * K + k]!;
+      const f32 = awqDequantize(weight, { dtype: 'float32' });
+      const f16 = awqDequantize(weight, { dtype: 'float16' });
+      expect([...f32.shape]).toEqual([K, N]);
+      expectStorageEqual('float32', (await f32.toArray()) as Float32Array, want, { what: `${layer} awqDequantize float32`, shape: [K, N] });
+      expectStorageEqual('float16', (await f16.toArray()) as Uint16Array, float32ToFloat16(want), { what: `${layer} awqDequantize float16`, shape: [K, N] });
+      for (const t of [qweight, qzeros, scales, f32, f16]) t!.dispose();
+    }
+  } finally {
+    await ckpt.close();
+  }
+});
+
+test('AWQ checkpoints: modules_to_not_convert layers load from .weight; bad configs and tensors are typed errors naming them', async () => {
+  const dir = path.join(tmp, 'awq-partial');
+  await makeTestModel({ ...base, out: dir, seed: 16, awq: { groupSize: 64, alphaGrid: 2 } });
+  // down_proj of every layer back to a float16 .weight (the dequantized values), skipped by substring.
+  await rewrite(dir, (t) => {
+    for (let l = 0; l < base.layers!; l++) {
+      const p = `model.layers.${l}.mlp.down_proj`;
+      const [K, words] = t[`${p}.qweight`]!.shape as [number, number];
+      const N = words * 8;
+      const w = dequantizeAwq({ qweight: t[`${p}.qweight`]!.data as Int32Array, qzeros: t[`${p}.qzeros`]!.data as Int32Array, scales: t[`${p}.scales`]!.data as Uint16Array }, N, K, 64);
+      const hf = new Float32Array(N * K);
+      for (let n = 0; n < N; n++) for (let k = 0; k < K; k++) hf[n * K + k] = w[k * N + n]!;
+      for (const s of ['qweight', 'qzeros', 'scales']) delete t[`${p}.${s}`];
+      t[`${p}.weight`] = { dtype: 'F16', shape: [N, K], data: float32ToFloat16(hf) };
+    }
+  }, (c) => {
+    (c.quantization_config as Record<string, unknown>).modules_to_not_convert = ['mlp.down'];
+  });
+  const model = await Model.load(dir, { device: 'cpu' });
+  const ref = await loadReference(dir);
+  const prompt = [1, 7, 99, 140, 3, 8, 250, 12, 60];
+  const r = await generate(model, prompt, { maxTokens: 3, blockSize: 8 });
+  model.dispose();
+  const tokens = [...prompt];
+  for (let i = 0; i < 3; i++) tokens.push(argmax(referenceLogits(ref, tokens)[tokens.length - 1]!));
+  expect(r.tokenIds).toEqual(tokens.slice(prompt.length));
+
+  const configFile = path.join(dir, 'config.json');
+  const config = JSON.parse(fs.readFileSync(configFile, 'utf8'));
+  const withQuant = (q: Record<string, unknown>): void => fs.writeFileSync(configFile, JSON.stringify({ ...config, quantization_config: { ...config.quantization_config, ...q } }));
+  withQuant({ version: 'gemv' });
+  await expect(Model.load(dir)).rejects.toThrow(expect.objectContaining({ code: 'ERR_UNSUPPORTED', message: expect.stringContaining('version "gemv"') }));
+  withQuant({ zero_point: undefined });
+  await expect(Model.load(dir)).rejects.toThrow(expect.objectContaining({ code: 'ERR_MODEL_FORMAT', message: expect.stringContaining('zero_point') }));
+  withQuant({ modules_to_not_convert: null });  // down_proj is now expected quantized, and it is not
+  await expect(Model.load(dir)).rejects.toThrow(expect.objectContaining({ code: 'ERR_MODEL_FORMAT', message: expect.stringContaining('"model.layers.0.mlp.down_proj.qweight" is missing') }));
+  withQuant({ group_size: 32 });  // scales [128/64, N] no longer match K/G = 4 groups
+  await expect(Model.load(dir)).rejects.toThrow(expect.objectContaining({ code: 'ERR_MODEL_FORMAT', message: expect.stringContaining('"model.layers.0.self_attn.q_proj.qzeros" has shape [2, 16], expected [4, 16]') }));
+  fs.writeFileSync(configFile, JSON.stringify(config));
+  await rewrite(dir, (t) => {
+    const s = t['model.layers.1.self_attn.k_proj.scales']!;
+    t['model.layers.1.self_attn.k_proj.scales'] = { dtype: 'F32', shape: s.shape, data: float16ToFloat32(s.data as Uint16Array) };
+  });
+  await expect(Model.load(dir)).rejects.toThrow(expect.objectContaining({ code: 'ERR_MODEL_FORMAT', message: expect.stringContaining('"model.layers.1.self_attn.k_proj.scales" is F32, expected F16') }));
 });

@@ -1,0 +1,494 @@
+// The CPU AWQ int4 kernels (include/pagedllm/awq.h, awq_linear): the inner
+// loops that cpu/awq.cpp splits over the thread pool.
+//
+// - gemv (M ≤ kAwqGemvMaxRows): rows [k0, k1), words [word0, word1) against
+//   M float32 activation rows. A strip is L consecutive words (L = 8 with
+//   AVX2: 64 columns, 32 bytes per row); slot i of all L words is unpacked at
+//   once — masked in place and converted, q·16^i, the power of two undone per
+//   group — so an accumulator holds columns 8·word + kOrder[i] and nothing is
+//   shuffled in the loop. Per group g:
+//     Σ_{k∈g} x·W = s·(Σ_{k∈g} x·q − z·Σ_{k∈g} x)
+//   so the loop is one FMA per code; the zero point (unpacked the same way,
+//   already in slot order) and the scale (8 × 8 transposed into slot order)
+//   are applied once per group and strip. Loop order is block-major: a block's
+//   rows × the job's columns are read strip by strip, and the second strip of
+//   each 64-byte line finds it in L1. Groups are cut into 32-row blocks
+//   (partial sums kept in memory), and jobs are row ranges of whole rows: each
+//   thread streams one contiguous stretch of memory and prefetches the next
+//   block (~64 KiB ahead at N = 4096) in order while it computes this one.
+//   Napkin math: a 4096 × 4096 int4 weight is 8 MiB (+ 4 % scales and zeros),
+//   ~0.4 ms at 20 GB/s; per 8 codes the loop issues an AND, a convert and an
+//   FMA (3.25 vector µops with the load and broadcast shared by 64 codes), so
+//   two AVX2 cores only just keep up with DRAM — every µop counts here.
+// - gemm_block (larger M): a block of ≤ kAwqGemmNB columns × all M rows.
+//   K is walked in steps of kAwqGemmKC; each step dequantizes the block to
+//   exactly W (float32 values of float16, natural column order — the words are
+//   row-major, so this is the weight panel of a GotoBLAS GEMM with no
+//   transpose) and runs the 6 × 16 register tile of linear_tile.h over
+//   every 6-row panel of the pre-packed activations.
+//
+// Compiled twice, like linear_tile.h: awq_tile.cpp (portable: GCC/Clang 4-wide
+// vector extensions or plain loops) and awq_tile_avx2.cpp (AVX2 + FMA + F16C,
+// chosen at run time). Nothing here allocates or calls a shared template, so
+// the AVX2 build emits nothing another file also emits.
+#pragma once
+
+#include <cstdint>
+
+#include "pagedllm/awq.h"
+
+namespace pagedllm::awq_kernels {
+
+constexpr int64_t kAwqGemvMaxRows = 8;   // M ≤ this takes the gemv path
+constexpr int64_t kAwqBlockRows = 32;    // rows per gemv block (larger groups are split; sums kept in memory)
+constexpr int64_t kAwqGemmMR = 6, kAwqGemmNR = 16;
+constexpr int64_t kAwqGemmNB = 128;      // columns per gemm block (16 words)
+constexpr int64_t kAwqGemmKC = 256;      // rows per dequantized step: a 16-column panel is 16 KiB (L1)
+
+// Rows per gemv block: blocks never straddle a group (G is 32, 64, 128, or K: then the last block
+// may be short), and xsum is kept per block so that a job may start and end anywhere on a block.
+constexpr int64_t awq_gemv_block_rows(int64_t group_size) { return group_size < kAwqBlockRows ? group_size : kAwqBlockRows; }
+
+// y[i · ldy + 8·(c − word0) + j] = Σ_{k0 ≤ k < k1} x[i, k] · W[k, 8c + j] for i < m, word0 ≤ c < word1, j < 8:
+// the partial sum of rows [k0, k1) (block boundaries).
+struct AwqGemvJob {
+  const float* x;     // [m, K] float32, contiguous
+  const float* xsum;  // [m, blocks]: Σ x[i, k] over each block of awq_gemv_block_rows(G) rows
+  int64_t m;          // 1 … kAwqGemvMaxRows
+  const AwqWeight* w;
+  int64_t k0, k1;
+  int64_t word0, word1;
+  float* y;  // [m, ldy]
+  int64_t ldy;
+  float* scratch;  // awq_gemv_scratch_floats(m, word1 − word0) floats, 32-byte aligned
+};
+// Scratch of a gemv job: the output and (for groups over one block) partial sums, each
+// [strips][m][8 slots][8 lanes], plus the scales of one strip in slot order.
+constexpr int64_t awq_gemv_scratch_floats(int64_t m, int64_t words) { return 2 * ((words + 7) / 8) * m * 64 + 64; }
+
+// c[i · ldc + j] = Σ_k x[i, k] · W[k, n0 + j] for i < round_up(m, 6), j < round_up(nb, 16).
+struct AwqGemmJob {
+  const float* xp;  // x packed in 6-row panels: [ceil(m / 6)][K][6] float32, rows past m zero
+  int64_t m;
+  const AwqWeight* w;
+  int64_t n0, nb;  // n0 a multiple of 8, nb ≤ kAwqGemmNB (a multiple of 8)
+  float* c;        // [round_up(m, 6), ldc], ldc ≥ kAwqGemmNB
+  int64_t ldc;
+  float* scratch;  // kAwqGemmNB · kAwqGemmKC floats, 32-byte aligned
+};
+
+void gemv_portable(const AwqGemvJob& job);
+void gemv_avx2(const AwqGemvJob& job);
+void gemm_block_portable(const AwqGemmJob& job);
+void gemm_block_avx2(const AwqGemmJob& job);
+
+}  // namespace pagedllm::awq_kernels
+
+#ifdef PAGEDLLM_TILE_IMPLEMENTATION
+#include <cstring>
+#include <utility>
+#if PAGEDLLM_TILE_AVX2
+#include <immintrin.h>
+#endif
+
+#include "simd.h"
+
+namespace pagedllm::awq_kernels {
+namespace PAGEDLLM_TILE_NAMESPACE {
+
+using namespace simd::PAGEDLLM_TILE_NAMESPACE;
+
+// ---- vectors of packed words --------------------------------------------------------------------
+// Words::L words per vector; nibble<SHIFT>(v): the code at bit SHIFT of every lane as float32, times
+// 2^SHIFT (the code masked in place and converted: no shift, and exact — at most 4 significant bits)
+// for SHIFT < 28; the top code is shifted down (in place it would be the sign). Callers scale by 2^−SHIFT.
+
+#if PAGEDLLM_TILE_AVX2
+struct Words {
+  static constexpr int L = 8;
+  using I = __m256i;
+  using F = __m256;
+  static I load(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  template <int SHIFT>
+  static F nibble(I v) {
+    if constexpr (SHIFT == 28) return _mm256_cvtepi32_ps(_mm256_srli_epi32(v, 28));
+    else return _mm256_cvtepi32_ps(_mm256_and_si256(v, _mm256_set1_epi32(15 << SHIFT)));
+  }
+  static F zero() { return _mm256_setzero_ps(); }
+  static F splat(float v) { return _mm256_set1_ps(v); }
+  static F fma(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F sub(F a, F b) { return _mm256_sub_ps(a, b); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F loadf(const float* p) { return _mm256_load_ps(p); }
+  static void storef(float* p, F v) { _mm256_store_ps(p, v); }
+};
+#elif PAGEDLLM_TILE_VEC4
+struct Words {
+  static constexpr int L = 4;
+  using I = u32x4;
+  using F = f32x4;
+  static I load(const int32_t* p) {
+    I v;
+    std::memcpy(&v, p, sizeof v);
+    return v;
+  }
+  template <int SHIFT>
+  static F nibble(I v) {
+    if constexpr (SHIFT == 28) return __builtin_convertvector(v >> 28, f32x4);
+    else return __builtin_convertvector(v & (15u << SHIFT), f32x4);
+  }
+  static F zero() { return F{0, 0, 0, 0}; }
+  static F splat(float v) { return F{v, v, v, v}; }
+  static F fma(F a, F b, F c) { return a * b + c; }
+  static F sub(F a, F b) { return a - b; }
+  static F mul(F a, F b) { return a * b; }
+  static F loadf(const float* p) { return load4(p); }
+  static void storef(float* p, F v) { store4(p, v); }
+};
+#else
+struct Words {
+  static constexpr int L = 1;
+  using I = uint32_t;
+  using F = float;
+  static I load(const int32_t* p) { return static_cast<uint32_t>(*p); }
+  template <int SHIFT>
+  static F nibble(I v) { return static_cast<float>(v & (15u << SHIFT)); }
+  static F zero() { return 0.0f; }
+  static F splat(float v) { return v; }
+  static F fma(F a, F b, F c) { return a * b + c; }
+  static F sub(F a, F b) { return a - b; }
+  static F mul(F a, F b) { return a * b; }
+  static F loadf(const float* p) { return *p; }
+  static void storef(float* p, F v) { *p = v; }
+};
+#endif
+constexpr int L = Words::L;
+using F = Words::F;
+
+#if PAGEDLLM_TILE_AVX2
+// r[i][j] ← r[j][i] for an 8 × 8 block of floats.
+inline void transpose8(__m256 (&r)[8]) {
+  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
+  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
+  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
+  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
+  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
+  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
+  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
+  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
+  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
+  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
+  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
+  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
+  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
+  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
+  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
+  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
+}
+#endif
+
+// ---- gemv ----------------------------------------------------------------------------------------
+
+// The scales of words [word, word + lanes) of group row `srow` in slot order:
+// out[i · L + l] = scale of column 8·(word + l) + kOrder[i].
+inline void slot_scales(const uint16_t* srow, int64_t word, int lanes, float* out) {
+#if PAGEDLLM_TILE_AVX2
+  if (lanes == L) {
+    __m256 r[8];
+    for (int l = 0; l < 8; ++l)  // row l: the 8 columns of word + l
+      r[l] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(srow + 8 * (word + l))));
+    transpose8(r);  // r[j], lane l: column 8·(word + l) + j
+    for (int i = 0; i < 8; ++i) _mm256_store_ps(out + i * L, r[awq::kOrder[i]]);
+    return;
+  }
+#endif
+  for (int i = 0; i < 8; ++i)
+    for (int l = 0; l < L; ++l)
+      out[i * L + l] = l < lanes ? SrcF16::load1(srow + 8 * (word + l) + awq::kOrder[i]) : 0.0f;
+}
+
+// acc[i][IDX] += x[i] · q for the codes at bit SHIFT of v.
+template <int SHIFT, int IDX, int M, int S>
+inline void fma_slot(typename Words::I v, const F (&x)[M], F (&acc)[M][S]) {
+  const F q = Words::template nibble<SHIFT>(v);
+#pragma GCC unroll 8
+  for (int i = 0; i < M; ++i) acc[i][IDX] = Words::fma(x[i], q, acc[i][IDX]);
+}
+template <int M, int S, int P, int... I>
+inline void fma_slots(typename Words::I v, const F (&x)[M], F (&acc)[M][S], std::integer_sequence<int, I...>) {
+  (fma_slot<4 * (P * S + I), I>(v, x, acc), ...);
+}
+
+// Slots [P·S, P·S + S) of one strip over rows [k0, k1): acc[m][s] += x[m, k] · q[k, slot].
+// `words` points at the strip's first word in row 0; a tail strip (lanes < L) reads through `tail`.
+// `prefetch`: L words per row to request for later (see gemv_m), or null.
+template <int M, int S, int P>
+inline void gemv_pass(const AwqGemvJob& job, const int32_t* words, int64_t ldw, int lanes, int64_t k0, int64_t k1,
+                      const int32_t* prefetch, F (&acc)[M][S]) {
+  const int64_t K = job.w->in_features;
+  alignas(32) int32_t tail[L] = {};
+  for (int64_t k = k0; k < k1; ++k) {
+    const int32_t* p = words + k * ldw;
+    if (P == 0 && prefetch) __builtin_prefetch(prefetch + (k - k0) * L, 0, 2);
+    if (lanes < L) {
+      std::memcpy(tail, p, lanes * sizeof(int32_t));
+      p = tail;
+    }
+    F x[M];
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) x[i] = Words::splat(job.x[i * K + k]);
+    fma_slots<M, S, P>(Words::load(p), x, acc, std::make_integer_sequence<int, S>{});
+  }
+}
+
+// The group's epilogue for slot P·S + IDX: y += s · (acc − z · Σx), Σx over the rows summed in acc.
+template <int SLOT, int IDX, int M, int S>
+inline void finish_slot(typename Words::I zv, const float* scales, const float (&sx)[M], const F (&acc)[M][S], float* yacc) {
+  // acc holds Σ x·q·2^shift and z comes as z·2^shift (nibble<>): t = 2^shift · (Σ x·q − z·Σx).
+  const F z = Words::template nibble<4 * SLOT>(zv);
+  const F s = Words::mul(Words::loadf(scales + SLOT * L), Words::splat(SLOT == 7 ? 1.0f : 1.0f / float(1u << (4 * SLOT))));
+  for (int i = 0; i < M; ++i) {
+    const F t = Words::sub(acc[i][IDX], Words::mul(z, Words::splat(sx[i])));
+    float* y = yacc + (i * 8 + SLOT) * L;
+    Words::storef(y, Words::fma(s, t, Words::loadf(y)));
+  }
+}
+template <int M, int S, int P, int... I>
+inline void finish_slots(typename Words::I zv, const float* scales, const float (&sx)[M], const F (&acc)[M][S], float* yacc,
+                         std::integer_sequence<int, I...>) {
+  (finish_slot<P * S + I, I>(zv, scales, sx, acc, yacc), ...);
+}
+
+template <int M, int S, int P>
+inline void gemv_strip_pass(const AwqGemvJob& job, int64_t word, int lanes, int64_t k0, int64_t k1, bool group_start,
+                            bool group_end, const float (&sx)[M], const int32_t* prefetch, float* yacc, float* gacc,
+                            const float* scales) {
+  const AwqWeight& w = *job.w;
+  const int64_t ldw = w.out_features / 8, g = k0 / w.group_size;
+  F acc[M][S];
+  for (int i = 0; i < M; ++i)
+    for (int s = 0; s < S; ++s) acc[i][s] = group_start ? Words::zero() : Words::loadf(gacc + (i * 8 + P * S + s) * L);
+  gemv_pass<M, S, P>(job, w.qweight + word, ldw, lanes, k0, k1, prefetch, acc);
+  if (!group_end) {
+    for (int i = 0; i < M; ++i)
+      for (int s = 0; s < S; ++s) Words::storef(gacc + (i * 8 + P * S + s) * L, acc[i][s]);
+    return;
+  }
+  alignas(32) int32_t zwords[L] = {};
+  std::memcpy(zwords, w.qzeros + g * ldw + word, lanes * sizeof(int32_t));
+  finish_slots<M, S, P>(Words::load(zwords), scales, sx, acc, yacc, std::make_integer_sequence<int, S>{});
+}
+
+template <int M, int S, int... P>
+inline void gemv_strip(const AwqGemvJob& job, int64_t word, int lanes, int64_t k0, int64_t k1, bool group_start,
+                       bool group_end, const float (&sx)[M], const int32_t* prefetch, float* yacc, float* gacc,
+                       const float* scales, std::integer_sequence<int, P...>) {
+  (gemv_strip_pass<M, S, P>(job, word, lanes, k0, k1, group_start, group_end, sx, prefetch, yacc, gacc, scales), ...);
+}
+
+// Slots per pass: M · S accumulators, at most 8 (plus M activations and the words in registers).
+template <int M>
+constexpr int slots_per_pass() { return M == 1 ? 8 : M == 2 ? 4 : M <= 4 ? 2 : 1; }
+
+template <int M>
+inline void gemv_m(const AwqGemvJob& job) {
+  constexpr int S = slots_per_pass<M>();
+  const AwqWeight& w = *job.w;
+  const int64_t K = w.in_features, G = w.group_size, ldw = w.out_features / 8;
+  const int64_t kb = awq_gemv_block_rows(G), blocks = (K + kb - 1) / kb;
+  const int64_t strips = (job.word1 - job.word0 + L - 1) / L, per_strip = M * 8 * L;
+  float* yacc = job.scratch;                     // [strips][M][8][L]
+  float* gacc = yacc + strips * per_strip;       // [strips][M][8][L]
+  float* scales = gacc + strips * per_strip;     // [8][L]
+  for (int64_t i = 0; i < strips * per_strip; ++i) yacc[i] = 0.0f;
+  // The next block's words are requested while this block runs, L words per row iteration: with
+  // whole rows (word0 = 0, word1 = N / 8) that is exactly the next block, one contiguous stretch. The
+  // strided walk down a strip would otherwise miss on every 64-byte line: no hardware prefetcher
+  // follows a 2 KiB stride with two rows per 4 KiB page.
+  const bool whole_rows = job.word0 == 0 && job.word1 == ldw;
+  float sx[M] = {};
+  for (int64_t k0 = job.k0; k0 < job.k1; k0 += kb) {
+    const int64_t k1 = k0 + kb < K ? k0 + kb : K;
+    const bool group_start = k0 == job.k0 || k0 % G == 0, group_end = k1 == job.k1 || k1 % G == 0;
+    const int64_t g = k0 / G;
+    for (int i = 0; i < M; ++i) sx[i] = (group_start ? 0.0f : sx[i]) + job.xsum[i * blocks + k0 / kb];
+    const int32_t* next = whole_rows && k1 < K ? w.qweight + k1 * ldw : nullptr;
+    for (int64_t s = 0; s < strips; ++s) {
+      const int64_t word = job.word0 + s * L;
+      const int lanes = static_cast<int>(job.word1 - word < L ? job.word1 - word : L);
+      if (group_end) slot_scales(w.scales + g * w.out_features, word, lanes, scales);
+      gemv_strip<M, S>(job, word, lanes, k0, k1, group_start, group_end, sx, next ? next + s * (k1 - k0) * L : nullptr,
+                       yacc + s * per_strip, gacc + s * per_strip, scales, std::make_integer_sequence<int, 8 / S>{});
+    }
+  }
+  // Slot order back to columns.
+  for (int64_t s = 0; s < strips; ++s) {
+    const int64_t word = job.word0 + s * L;
+    const int64_t lanes = job.word1 - word < L ? job.word1 - word : L;
+    for (int i = 0; i < M; ++i)
+      for (int slot = 0; slot < 8; ++slot)
+        for (int64_t l = 0; l < lanes; ++l)
+          job.y[i * job.ldy + 8 * (word - job.word0 + l) + awq::kOrder[slot]] = yacc[s * per_strip + (i * 8 + slot) * L + l];
+  }
+}
+
+inline void gemv(const AwqGemvJob& job) {
+  switch (job.m) {
+    case 1: gemv_m<1>(job); break;
+    case 2: gemv_m<2>(job); break;
+    case 3: gemv_m<3>(job); break;
+    case 4: gemv_m<4>(job); break;
+    case 5: gemv_m<5>(job); break;
+    case 6: gemv_m<6>(job); break;
+    case 7: gemv_m<7>(job); break;
+    default: gemv_m<8>(job); break;
+  }
+}
+
+// ---- gemm ----------------------------------------------------------------------------------------
+
+// Columns [n0, n0 + nb), rows [k0, k0 + kc) of W → wp: 16-column panels, panel p holding
+// wp[p · KC · 16 + kk · 16 + jj] = W[k0 + kk, n0 + 16p + jj] (0 past nb), exactly W (float16 values).
+inline void pack_weight(const AwqWeight& w, int64_t n0, int64_t nb, int64_t k0, int64_t kc, float* wp) {
+  const int64_t ldw = w.out_features / 8, G = w.group_size;
+  const int64_t panels = (nb + kAwqGemmNR - 1) / kAwqGemmNR;
+  for (int64_t p = 0; p < panels; ++p)
+    for (int64_t half = 0; half < 2; ++half) {
+      float* dst = wp + p * kAwqGemmKC * kAwqGemmNR + 8 * half;
+      const int64_t n = n0 + p * kAwqGemmNR + 8 * half;  // this word's first column
+      if (n - n0 >= nb) {
+        for (int64_t kk = 0; kk < kc; ++kk)
+          for (int j = 0; j < 8; ++j) dst[kk * kAwqGemmNR + j] = 0.0f;
+        continue;
+      }
+      const int32_t* qcol = w.qweight + n / 8;
+      // The first word of the block (its 64-byte line holds all 16 words of a row) requests the next
+      // step's rows: 2 KiB-strided rows are never prefetched by the hardware (see gemv).
+      const bool prefetch_next = p == 0 && half == 0 && k0 + kc < w.in_features;
+      for (int64_t kk = 0; kk < kc;) {
+        // A run of rows in one group: its zero points and scales are loaded once.
+        const int64_t g = (k0 + kk) / G;
+        const int64_t run_end = (g + 1) * G - k0 < kc ? (g + 1) * G - k0 : kc;
+        const uint32_t zword = static_cast<uint32_t>(w.qzeros[g * ldw + n / 8]);
+        const uint16_t* srow = w.scales + g * w.out_features + n;
+#if PAGEDLLM_TILE_AVX2
+        // Column j's code is at bit 4·kReverseOrder[j]: one variable shift puts all 8 in natural order.
+        const __m256i shifts = _mm256_setr_epi32(0, 16, 4, 20, 8, 24, 12, 28), mask = _mm256_set1_epi32(15);
+        const __m256 z = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(zword)), shifts), mask));
+        const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(srow)));
+        for (; kk < run_end; ++kk) {
+          if (prefetch_next) __builtin_prefetch(qcol + (k0 + kk + kc) * ldw, 0, 2);
+          const __m256i qv = _mm256_srlv_epi32(_mm256_set1_epi32(qcol[(k0 + kk) * ldw]), shifts);
+          const __m256 q = _mm256_cvtepi32_ps(_mm256_and_si256(qv, mask));
+          // (q − z)·s is exact in float32; one round trip through float16 makes it W.
+          const __m128i h = _mm256_cvtps_ph(_mm256_mul_ps(_mm256_sub_ps(q, z), s), _MM_FROUND_TO_NEAREST_INT);
+          _mm256_store_ps(dst + kk * kAwqGemmNR, _mm256_cvtph_ps(h));
+        }
+#else
+        float z[8], s[8];
+        for (int j = 0; j < 8; ++j) {
+          z[j] = static_cast<float>(awq::code(zword, j));
+          s[j] = SrcF16::load1(srow + j);
+        }
+        for (; kk < run_end; ++kk) {
+          if (prefetch_next) __builtin_prefetch(qcol + (k0 + kk + kc) * ldw, 0, 2);
+          const uint32_t word = static_cast<uint32_t>(qcol[(k0 + kk) * ldw]);
+          for (int j = 0; j < 8; ++j)
+            dst[kk * kAwqGemmNR + j] = half_bits_to_float(float_to_half_bits((static_cast<float>(awq::code(word, j)) - z[j]) * s[j]));
+        }
+#endif
+      }
+    }
+}
+
+// c[6 × 16] (= or +=) xp panel (kc × 6) · wp panel (kc × 16). (linear_tile.h's register tile.)
+inline void micro_6x16(const float* xp, const float* wp, int64_t kc, float* c, int64_t ldc, bool accumulate) {
+#if PAGEDLLM_TILE_AVX2
+  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+         c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m256 w0 = _mm256_load_ps(wp + k * 16), w1 = _mm256_load_ps(wp + k * 16 + 8);
+    const float* xk = xp + k * 6;
+    __m256 b = _mm256_broadcast_ss(xk);
+    c00 = _mm256_fmadd_ps(b, w0, c00);
+    c01 = _mm256_fmadd_ps(b, w1, c01);
+    b = _mm256_broadcast_ss(xk + 1);
+    c10 = _mm256_fmadd_ps(b, w0, c10);
+    c11 = _mm256_fmadd_ps(b, w1, c11);
+    b = _mm256_broadcast_ss(xk + 2);
+    c20 = _mm256_fmadd_ps(b, w0, c20);
+    c21 = _mm256_fmadd_ps(b, w1, c21);
+    b = _mm256_broadcast_ss(xk + 3);
+    c30 = _mm256_fmadd_ps(b, w0, c30);
+    c31 = _mm256_fmadd_ps(b, w1, c31);
+    b = _mm256_broadcast_ss(xk + 4);
+    c40 = _mm256_fmadd_ps(b, w0, c40);
+    c41 = _mm256_fmadd_ps(b, w1, c41);
+    b = _mm256_broadcast_ss(xk + 5);
+    c50 = _mm256_fmadd_ps(b, w0, c50);
+    c51 = _mm256_fmadd_ps(b, w1, c51);
+  }
+  auto put = [&](int i, __m256 lo, __m256 hi) {
+    float* ci = c + i * ldc;
+    if (accumulate) {
+      lo = _mm256_add_ps(_mm256_loadu_ps(ci), lo);
+      hi = _mm256_add_ps(_mm256_loadu_ps(ci + 8), hi);
+    }
+    _mm256_storeu_ps(ci, lo);
+    _mm256_storeu_ps(ci + 8, hi);
+  };
+  put(0, c00, c01);
+  put(1, c10, c11);
+  put(2, c20, c21);
+  put(3, c30, c31);
+  put(4, c40, c41);
+  put(5, c50, c51);
+#elif PAGEDLLM_TILE_VEC4
+  for (int half = 0; half < 16; half += 8) {
+    f32x4 acc[6][2] = {};
+    for (int64_t k = 0; k < kc; ++k) {
+      const f32x4 w0 = load4(wp + k * 16 + half), w1 = load4(wp + k * 16 + half + 4);
+      const float* xk = xp + k * 6;
+      for (int i = 0; i < 6; ++i) {
+        acc[i][0] += xk[i] * w0;
+        acc[i][1] += xk[i] * w1;
+      }
+    }
+    for (int i = 0; i < 6; ++i)
+      for (int v = 0; v < 2; ++v) {
+        float* ci = c + i * ldc + half + 4 * v;
+        store4(ci, accumulate ? load4(ci) + acc[i][v] : acc[i][v]);
+      }
+  }
+#else
+  for (int half = 0; half < 16; half += 8) {
+    float acc[6][8] = {};
+    for (int64_t k = 0; k < kc; ++k) {
+      const float* wk = wp + k * 16 + half;
+      const float* xk = xp + k * 6;
+      for (int i = 0; i < 6; ++i)
+        for (int j = 0; j < 8; ++j) acc[i][j] += xk[i] * wk[j];
+    }
+    for (int i = 0; i < 6; ++i)
+      for (int j = 0; j < 8; ++j) c[i * ldc + half + j] = accumulate ? c[i * ldc + half + j] + acc[i][j] : acc[i][j];
+  }
+#endif
+}
+
+inline void gemm_block(const AwqGemmJob& job) {
+  const int64_t K = job.w->in_features;
+  const int64_t x_panels = (job.m + kAwqGemmMR - 1) / kAwqGemmMR;
+  const int64_t w_panels = (job.nb + kAwqGemmNR - 1) / kAwqGemmNR;
+  for (int64_t k0 = 0; k0 < K; k0 += kAwqGemmKC) {
+    const int64_t kc = K - k0 < kAwqGemmKC ? K - k0 : kAwqGemmKC;
+    pack_weight(*job.w, job.n0, job.nb, k0, kc, job.scratch);
+    for (int64_t q = 0; q < x_panels; ++q)
+      for (int64_t p = 0; p < w_panels; ++p)
+        micro_6x16(job.xp + (q * K + k0) * kAwqGemmMR, job.scratch + p * kAwqGemmKC * kAwqGemmNR, kc,
+                   job.c + q * kAwqGemmMR * job.ldc + p * kAwqGemmNR, job.ldc, k0 > 0);
+  }
+}
+
+}  // namespace PAGEDLLM_TILE_NAMESPACE
+}  // namespace pagedllm::awq_kernels
+#endif  // PAGEDLLM_TILE_IMPLEMENTATION

@@ -1,0 +1,44 @@
+// The AVX2 + FMA + F16C build of the CPU AWQ kernels (awq_tile.h). Compiled for
+// those instructions whatever the build's target, and called only when the CPU
+// reports all three (cpu/awq.cpp), so one binary runs everywhere.
+#if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include <cstdint>
+#include <cstring>
+#include <utility>
+
+// Everything shared with other files is included before the target switch, so
+// that no inline function or template instance they share is compiled for AVX2.
+#include "pagedllm/awq.h"
+#include "pagedllm/convert.h"
+#include "pagedllm/dtype.h"
+
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
+#else
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+#endif
+
+#define PAGEDLLM_TILE_IMPLEMENTATION
+#define PAGEDLLM_TILE_AVX2 1
+#define PAGEDLLM_TILE_NAMESPACE avx2
+#include "awq_tile.h"
+
+namespace pagedllm::awq_kernels {
+void gemv_avx2(const AwqGemvJob& job) { avx2::gemv(job); }
+void gemm_block_avx2(const AwqGemmJob& job) { avx2::gemm_block(job); }
+}  // namespace pagedllm::awq_kernels
+
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
+#pragma GCC pop_options
+#endif
+
+#else
+#include "awq_tile.h"
+namespace pagedllm::awq_kernels {
+void gemv_avx2(const AwqGemvJob& job) { gemv_portable(job); }  // never chosen off x86-64
+void gemm_block_avx2(const AwqGemmJob& job) { gemm_block_portable(job); }
+}  // namespace pagedllm::awq_kernels
+#endif

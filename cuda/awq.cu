@@ -1,0 +1,668 @@
+// awq_linear_cuda and awq_dequantize_cuda: y = x · W with W the AWQ int4
+// weight of include/pagedllm/awq.h, dequantized inside the kernels. CPU twin
+// and argument checks: cpu/awq.cpp. No cuBLAS: four paths.
+//
+// - GEMV (small M, decode): a CTA owns 16 words (128 columns) of a K range;
+//   each thread streams its own contiguous rows with 16-byte (or 8/4-byte for
+//   larger M) evict-first loads of the packed words and keeps per-group sums
+//   Σ x·q and Σ x, applying each group's zero point and scale once per group:
+//   Σ_{k∈g} x·W = s·(Σ x·q − z·Σ x). A code becomes a float with one OR into
+//   the mantissa of 2^23 and one subtract (no int→float conversion: those run
+//   at a quarter rate). Threads are reduced with shuffles and shared memory;
+//   K is split across CTAs (float32 partials in a stream-ordered workspace,
+//   summed by a second kernel) until every SM has two CTAs. Napkin: 4096 ×
+//   4096 int4 is 8 MiB, 2.5 µs at H100's 3.35 TB/s — the kernel must keep
+//   ~3 MB in flight, hence the split.
+// - Tensor cores (mid M, sm_80+, float16/bfloat16 x): a CTA computes a
+//   (32·MT) × 128 tile of y with mma.sync m16n8k16 (float32 accumulate). Per
+//   K step of 32: the x tile arrives by cp.async (two stages, as in
+//   cuda/linear.cu); the packed words are fetched into registers one step
+//   ahead and dequantized into shared memory as [n][k] (lanes over k, so the
+//   2-byte stores are conflict-free), which is the B operand layout ldmatrix
+//   reads. One K step never spans two groups (G is 32, 64, 128 or K).
+// - SIMT (float32 x, or sm_75): 64 × 64 tiles in float32 with W dequantized
+//   to exactly its float16 values in shared memory.
+// - Dequantize + dense GEMM (large M): W is written transposed into a
+//   workspace [N, K] of x's 16-bit type (float16 for float32 x) and
+//   linear_cuda (model_ops.h) runs on it: past the crossover the GEMM is
+//   compute-bound and dequantizing once costs less than in every tile.
+//
+// The dispatch thresholds (kGemvMaxRows, kDequantMinRows) and the split-K
+// targets are first guesses, written without a GPU: they are constants to be
+// tuned with benchmarks/awq-gemm.bench.ts on one.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <algorithm>
+#include <atomic>
+#include <climits>
+#include <type_traits>
+
+#include "cuda_stream.h"
+#include "pagedllm/awq.h"
+#include "pagedllm/convert.h"
+#include "pagedllm/memory_resource.h"
+
+namespace pagedllm {
+namespace {
+
+constexpr int64_t kGemvMaxRows = 8;       // M ≤ this: GEMV (to tune: vLLM's AWQ GEMV wins to ~8)
+constexpr int64_t kDequantMinRows = 256;  // M ≥ this: dequantize + dense GEMM (vLLM's AWQ threshold)
+constexpr int kGemvTileWords = 16;        // words (128 columns) per GEMV CTA
+constexpr int kThreads = 256;
+
+// ---- device helpers ------------------------------------------------------------------------------
+
+__device__ __forceinline__ float load_any(const void* p, DType t, int64_t i) {
+  switch (t) {
+    case DType::Float16: return __half2float(__ushort_as_half(static_cast<const uint16_t*>(p)[i]));
+    case DType::BFloat16: return __uint_as_float(static_cast<uint32_t>(static_cast<const uint16_t*>(p)[i]) << 16);
+    default: return static_cast<const float*>(p)[i];
+  }
+}
+
+__device__ __forceinline__ void store_any(void* p, DType t, int64_t i, float v) {
+  switch (t) {
+    case DType::Float16: static_cast<uint16_t*>(p)[i] = float_to_half_bits(v); break;
+    case DType::BFloat16: static_cast<uint16_t*>(p)[i] = float_to_bfloat16_bits(v); break;
+    default: static_cast<float*>(p)[i] = v; break;
+  }
+}
+
+// out[m, n] = acc + bias[n], rounded to the output dtype.
+__device__ __forceinline__ void store_out(const AwqLinearArgs& a, int64_t m, int64_t n, float acc) {
+  if (a.bias) acc += load_any(a.bias, a.bias_dtype, n);
+  store_any(a.out, a.out_dtype, m * a.out_stride + n, acc);
+}
+
+__device__ __forceinline__ float to_f(float v) { return v; }
+__device__ __forceinline__ float to_f(half_t v) { return __half2float(__ushort_as_half(v.bits)); }
+__device__ __forceinline__ float to_f(bfloat16_t v) { return __uint_as_float(static_cast<uint32_t>(v.bits) << 16); }
+
+// The code in slot `slot` of a word as a float: OR-ed into the mantissa of 2^23, minus 2^23 (exact).
+__device__ __forceinline__ float slot_code(uint32_t word, int slot) {
+  return __uint_as_float(((word >> (4 * slot)) & 0xFu) | 0x4B000000u) - 8388608.0f;
+}
+
+// (q − z)·s of column j of a word pair, exact in float32 (awq.h): W before its float16 rounding.
+__device__ __forceinline__ float dequant_exact(uint32_t qword, uint32_t zword, int j, float s) {
+  const int shift = awq::column_shift(j);
+  return static_cast<float>(static_cast<int>((qword >> shift) & 0xFu) - static_cast<int>((zword >> shift) & 0xFu)) * s;
+}
+
+template <typename T>
+__device__ __forceinline__ uint16_t to_bits(float v);
+template <>
+__device__ __forceinline__ uint16_t to_bits<half_t>(float v) { return __half_as_ushort(__float2half_rn(v)); }
+template <>
+__device__ __forceinline__ uint16_t to_bits<bfloat16_t>(float v) { return __bfloat16_as_ushort(__float2bfloat16_rn(v)); }
+
+template <int VEC>
+__device__ __forceinline__ void load_words(const int32_t* p, uint32_t (&w)[VEC]) {
+  if constexpr (VEC == 4) {
+    const int4 v = __ldcs(reinterpret_cast<const int4*>(p));
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+  } else if constexpr (VEC == 2) {
+    const int2 v = __ldcs(reinterpret_cast<const int2*>(p));
+    w[0] = v.x, w[1] = v.y;
+  } else {
+    w[0] = static_cast<uint32_t>(__ldcs(p));
+  }
+}
+
+[[maybe_unused]] __device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+__device__ __forceinline__ void cp_async16_zfill(void* smem, const void* gmem, bool valid) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(smem)), "l"(gmem), "r"(valid ? 16 : 0));
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, half_t>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+#endif
+
+// ---- kernels: GEMV -------------------------------------------------------------------------------
+
+// CTA (blockIdx.x, blockIdx.y, blockIdx.z) = (16-word column tile, MT-row chunk of x, K range).
+// Thread: TPR threads share a row (VEC words each); RP row-threads split the CTA's K range into
+// contiguous runs. partial: null → y is written (+ bias); else [splits, M, N] float32 partials.
+template <int MT, int VEC, typename X>
+__global__ void __launch_bounds__(kThreads) awq_gemv_kernel(AwqLinearArgs a, float* partial, int64_t rows_per_split) {
+  constexpr int TPR = kGemvTileWords / VEC, RP = kThreads / TPR, COLS = 8 * kGemvTileWords;
+  __shared__ float red[kThreads / 32][MT][COLS];
+  const AwqWeight& w = a.weight;
+  const int64_t K = w.in_features, N = w.out_features, G = w.group_size, words = N / 8, M = a.num_tokens;
+  const int tid = threadIdx.x, tp = tid % TPR, rt = tid / TPR, lane = tid & 31, warp = tid >> 5;
+  const int64_t word0 = static_cast<int64_t>(blockIdx.x) * kGemvTileWords + tp * VEC;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * MT;
+  const int64_t kb = static_cast<int64_t>(blockIdx.z) * rows_per_split, ke = min(K, kb + rows_per_split);
+  const int64_t run = (ke - kb + RP - 1) / RP, k_begin = kb + rt * run, k_end = min(ke, k_begin + run);
+  const bool active = word0 < words;  // idle threads still join the reductions
+  const X* x = static_cast<const X*>(a.x);
+
+  float out[MT][VEC * 8];  // slot order: out[m][v·8 + i] is column 8·(word0 + v) + kOrder[i]
+  float acc[MT][VEC * 8], xsum[MT];
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int e = 0; e < VEC * 8; ++e) out[m][e] = 0.0f;
+
+  // y += s · (Σ x·q − z · Σ x) for group g, columns of this thread.
+  auto flush = [&](int64_t g) {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) {
+      const uint32_t zword = static_cast<uint32_t>(w.qzeros[g * words + word0 + v]);
+#pragma unroll
+      for (int i = 0; i < 8; ++i) {
+        const float s = __half2float(__ushort_as_half(w.scales[g * N + 8 * (word0 + v) + awq::slot_column(i)]));
+        const float z = static_cast<float>((zword >> (4 * i)) & 0xFu);
+#pragma unroll
+        for (int m = 0; m < MT; ++m) out[m][v * 8 + i] = fmaf(s, acc[m][v * 8 + i] - z * xsum[m], out[m][v * 8 + i]);
+      }
+    }
+  };
+
+  if (active && k_begin < k_end) {
+    int64_t g = k_begin / G, g_end = (g + 1) * G;
+#pragma unroll
+    for (int m = 0; m < MT; ++m) {
+      xsum[m] = 0.0f;
+#pragma unroll
+      for (int e = 0; e < VEC * 8; ++e) acc[m][e] = 0.0f;
+    }
+    for (int64_t k = k_begin; k < k_end; ++k) {
+      if (k == g_end) {
+        flush(g);
+        ++g, g_end += G;
+#pragma unroll
+        for (int m = 0; m < MT; ++m) {
+          xsum[m] = 0.0f;
+#pragma unroll
+          for (int e = 0; e < VEC * 8; ++e) acc[m][e] = 0.0f;
+        }
+      }
+      uint32_t qw[VEC];
+      load_words<VEC>(w.qweight + k * words + word0, qw);
+      float xv[MT];
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        xv[m] = m0 + m < M ? to_f(x[(m0 + m) * a.x_stride + k]) : 0.0f;
+        xsum[m] += xv[m];
+      }
+#pragma unroll
+      for (int v = 0; v < VEC; ++v)
+#pragma unroll
+        for (int i = 0; i < 8; ++i) {
+          const float q = slot_code(qw[v], i);
+#pragma unroll
+          for (int m = 0; m < MT; ++m) acc[m][v * 8 + i] = fmaf(xv[m], q, acc[m][v * 8 + i]);
+        }
+    }
+    flush(g);
+  }
+
+  // Sum over the row-threads: lanes of a warp with the same tp, then the warps.
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int e = 0; e < VEC * 8; ++e) {
+      float v = out[m][e];
+#pragma unroll
+      for (int off = TPR; off < 32; off <<= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+      if (lane < TPR) red[warp][m][(tp * VEC + e / 8) * 8 + awq::slot_column(e % 8)] = v;
+    }
+  __syncthreads();
+  for (int e = tid; e < MT * COLS; e += kThreads) {
+    const int m = e / COLS, c = e % COLS;
+    const int64_t n = static_cast<int64_t>(blockIdx.x) * COLS + c;
+    if (m0 + m >= M || n >= N) continue;
+    float v = 0.0f;
+#pragma unroll
+    for (int wi = 0; wi < kThreads / 32; ++wi) v += red[wi][m][c];
+    if (partial) partial[(static_cast<int64_t>(blockIdx.z) * M + m0 + m) * N + n] = v;
+    else store_out(a, m0 + m, n, v);
+  }
+}
+
+// y[m, n] = Σ_s partial[s, m, n] (+ bias).
+__global__ void awq_split_sum_kernel(AwqLinearArgs a, const float* partial, int splits) {
+  const int64_t M = a.num_tokens, N = a.weight.out_features;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < M * N;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v = 0.0f;
+    for (int s = 0; s < splits; ++s) v += partial[s * M * N + i];
+    store_out(a, i / N, i % N, v);
+  }
+}
+
+// ---- kernels: tensor cores ------------------------------------------------------------------------
+
+// T: half_t or bfloat16_t (x's dtype; W is rounded to it). Warp (wm, wn) of the 2 × 4 grid owns
+// rows wm·16·MT … and columns wn·32 … of the (32·MT) × 128 CTA tile. ALIGNED: K % 8 == 0, x stride
+// % 8 == 0 and x 16-byte aligned (cp.async of whole 16-byte chunks).
+template <typename T, int MT, bool ALIGNED>
+__global__ void __launch_bounds__(kThreads) awq_gemm_tensor_core_kernel(AwqLinearArgs a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  constexpr int NT = 4, BM = 32 * MT, BN = 128, BK = 32, LDS = BK + 8;
+  __shared__ __align__(16) uint16_t x_tile[2][BM * LDS];
+  __shared__ __align__(16) uint16_t w_tile[BN * LDS];  // W[k0 + k, n0 + n] at w_tile[n · LDS + k]
+
+  const AwqWeight& w = a.weight;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int wm = warp >> 2, wn = warp & 3;
+  const int64_t M = a.num_tokens, N = w.out_features, K = w.in_features, G = w.group_size, xs = a.x_stride;
+  const int64_t words = N / 8;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM, n0 = static_cast<int64_t>(blockIdx.x) * BN;
+  const uint16_t* x = static_cast<const uint16_t*>(a.x);
+
+  auto load_x = [&](int stage, int64_t k0) {
+    for (int c = tid; c < BM * (BK / 8); c += kThreads) {
+      const int r = c / (BK / 8), kc = (c % (BK / 8)) * 8;
+      const int64_t gr = m0 + r, gk = k0 + kc;
+      uint16_t* dst = x_tile[stage] + r * LDS + kc;
+      if constexpr (ALIGNED) {
+        const bool valid = gr < M && gk < K;
+        cp_async16_zfill(dst, valid ? x + gr * xs + gk : x, valid);
+      } else {
+#pragma unroll
+        for (int e = 0; e < 8; ++e) dst[e] = gr < M && gk + e < K ? x[gr * xs + gk + e] : uint16_t(0);
+      }
+    }
+    if constexpr (ALIGNED) cp_async_commit();
+  };
+  // This thread's two words of a K step: row k0 + lane, words warp and warp + 8 of the tile.
+  auto fetch_words = [&](int64_t k0, uint32_t (&qw)[2]) {
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t k = k0 + lane, word = n0 / 8 + warp + 8 * h;
+      qw[h] = k < K && word < words ? static_cast<uint32_t>(__ldg(w.qweight + k * words + word)) : 0u;
+    }
+  };
+  auto dequantize = [&](int64_t k0, const uint32_t (&qw)[2]) {
+    const int64_t g = k0 / G;  // one group per K step (G % 32 == 0, or G == K)
+#pragma unroll
+    for (int h = 0; h < 2; ++h) {
+      const int64_t word = n0 / 8 + warp + 8 * h;
+      const int col = 8 * (warp + 8 * h);
+      const bool valid = k0 + lane < K && word < words;
+      const uint32_t zword = word < words ? static_cast<uint32_t>(__ldg(w.qzeros + g * words + word)) : 0u;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float s = word < words ? __half2float(__ushort_as_half(w.scales[g * N + 8 * word + j])) : 0.0f;
+        w_tile[(col + j) * LDS + lane] = valid ? to_bits<T>(dequant_exact(qw[h], zword, j, s)) : uint16_t(0);
+      }
+    }
+  };
+
+  float acc[MT][NT][4];
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
+
+  const int64_t k_tiles = (K + BK - 1) / BK;
+  uint32_t qw[2];
+  load_x(0, 0);
+  fetch_words(0, qw);
+  for (int64_t kt = 0; kt < k_tiles; ++kt) {
+    dequantize(kt * BK, qw);  // the previous step's MMAs are done (trailing __syncthreads)
+    if (kt + 1 < k_tiles) {
+      load_x((kt + 1) & 1, (kt + 1) * BK);  // the next stage's copies overlap this stage's math
+      fetch_words((kt + 1) * BK, qw);
+      if constexpr (ALIGNED) cp_async_wait<1>();
+    } else {
+      if constexpr (ALIGNED) cp_async_wait<0>();
+    }
+    __syncthreads();
+    const uint16_t* xt = x_tile[kt & 1];
+#pragma unroll
+    for (int ks = 0; ks < BK / 16; ++ks) {
+      uint32_t af[MT][4], bf[NT][2];
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+        ldmatrix_x4(af[i], xt + (wm * 16 * MT + i * 16 + (lane & 15)) * LDS + ks * 16 + (lane >> 4) * 8);
+#pragma unroll
+      for (int j = 0; j < NT / 2; ++j) {
+        uint32_t r[4];
+        ldmatrix_x4(r, w_tile + (wn * 8 * NT + j * 16 + (lane & 7) + (lane >> 4) * 8) * LDS + ks * 16 + ((lane >> 3) & 1) * 8);
+        bf[2 * j][0] = r[0];
+        bf[2 * j][1] = r[1];
+        bf[2 * j + 1][0] = r[2];
+        bf[2 * j + 1][1] = r[3];
+      }
+#pragma unroll
+      for (int i = 0; i < MT; ++i)
+#pragma unroll
+        for (int j = 0; j < NT; ++j) mma_16816<T>(acc[i][j], af[i], bf[j][0], bf[j][1]);
+    }
+    __syncthreads();
+  }
+
+  const int g = lane >> 2, tg = lane & 3;
+#pragma unroll
+  for (int i = 0; i < MT; ++i)
+#pragma unroll
+    for (int j = 0; j < NT; ++j)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) {
+        const int64_t m = m0 + wm * 16 * MT + i * 16 + g + (e >> 1) * 8;
+        const int64_t n = n0 + wn * 8 * NT + j * 8 + tg * 2 + (e & 1);
+        if (m < M && n < N) store_out(a, m, n, acc[i][j][e]);
+      }
+#endif
+}
+
+// ---- kernels: SIMT ---------------------------------------------------------------------------------
+
+// 64 × 64 tiles of y, K steps of 16; thread (ty, tx) owns rows ty + 16i, columns tx + 16j.
+template <typename X>
+__global__ void __launch_bounds__(kThreads) awq_gemm_simt_kernel(AwqLinearArgs a) {
+  constexpr int BM = 64, BN = 64, BK = 16;
+  __shared__ float xs_tile[BK][BM + 4];
+  __shared__ float ws_tile[BK][BN + 4];
+  const AwqWeight& w = a.weight;
+  const int tid = threadIdx.x, tx = tid % 16, ty = tid / 16;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM, n0 = static_cast<int64_t>(blockIdx.x) * BN;
+  const int64_t M = a.num_tokens, N = w.out_features, K = w.in_features, G = w.group_size, words = N / 8;
+  const X* x = static_cast<const X*>(a.x);
+  float acc[4][4] = {};
+  for (int64_t k0 = 0; k0 < K; k0 += BK) {
+#pragma unroll
+    for (int r = 0; r < 4; ++r) {
+      const int e = tid + r * kThreads, row = e / BK, kk = e % BK;
+      const int64_t gk = k0 + kk, gm = m0 + row;
+      xs_tile[kk][row] = gm < M && gk < K ? to_f(x[gm * a.x_stride + gk]) : 0.0f;
+    }
+    if (tid < BK * (BN / 8)) {  // one word (8 columns of one row) per thread, exactly W
+      const int kk = tid / (BN / 8), wi = tid % (BN / 8);
+      const int64_t k = k0 + kk, word = n0 / 8 + wi;
+      const bool valid = k < K && word < words;
+      const int64_t g = valid ? k / G : 0;
+      const uint32_t qword = valid ? static_cast<uint32_t>(w.qweight[k * words + word]) : 0u;
+      const uint32_t zword = valid ? static_cast<uint32_t>(w.qzeros[g * words + word]) : 0u;
+#pragma unroll
+      for (int j = 0; j < 8; ++j) {
+        const float s = valid ? half_bits_to_float(w.scales[g * N + 8 * word + j]) : 0.0f;
+        ws_tile[kk][8 * wi + j] = half_bits_to_float(float_to_half_bits(dequant_exact(qword, zword, j, s)));
+      }
+    }
+    __syncthreads();
+#pragma unroll
+    for (int kk = 0; kk < BK; ++kk) {
+      float xv[4], wv[4];
+#pragma unroll
+      for (int i = 0; i < 4; ++i) xv[i] = xs_tile[kk][ty + 16 * i];
+#pragma unroll
+      for (int j = 0; j < 4; ++j) wv[j] = ws_tile[kk][tx + 16 * j];
+#pragma unroll
+      for (int i = 0; i < 4; ++i)
+#pragma unroll
+        for (int j = 0; j < 4; ++j) acc[i][j] = fmaf(xv[i], wv[j], acc[i][j]);
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int i = 0; i < 4; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      const int64_t m = m0 + ty + 16 * i, n = n0 + tx + 16 * j;
+      if (m < M && n < N) store_out(a, m, n, acc[i][j]);
+    }
+}
+
+// ---- kernels: dequantize ------------------------------------------------------------------------
+
+// W → out [K, N] (float16 bits or float32): one word (8 columns) per thread, lanes along N.
+__global__ void awq_dequantize_kernel(AwqWeight w, void* out, DType out_dtype) {
+  const int64_t words = w.out_features / 8, total = w.in_features * words;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    const int64_t k = i / words, word = i % words, g = k / w.group_size;
+    const uint32_t qword = static_cast<uint32_t>(w.qweight[i]), zword = static_cast<uint32_t>(w.qzeros[g * words + word]);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const uint16_t h = float_to_half_bits(dequant_exact(qword, zword, j, half_bits_to_float(w.scales[g * w.out_features + 8 * word + j])));
+      if (out_dtype == DType::Float16) static_cast<uint16_t*>(out)[8 * i + j] = h;
+      else static_cast<float*>(out)[8 * i + j] = half_bits_to_float(h);
+    }
+  }
+}
+
+// W transposed → out [N, K] of T (the dense linear's weight orientation). A CTA moves a 32-row ×
+// 32-word tile through shared memory: read along N (coalesced words), written along K.
+template <typename T>
+__global__ void __launch_bounds__(kThreads) awq_dequantize_transposed_kernel(AwqWeight w, uint16_t* out) {
+  __shared__ uint32_t tile[32][33];
+  const int64_t K = w.in_features, words = w.out_features / 8;
+  const int64_t k0 = static_cast<int64_t>(blockIdx.y) * 32, c0 = static_cast<int64_t>(blockIdx.x) * 32;
+  const int lane = threadIdx.x & 31, row = threadIdx.x >> 5;  // 8 rows of 32 lanes
+  for (int r = row; r < 32; r += 8) {
+    const int64_t k = k0 + r, c = c0 + lane;
+    tile[r][lane] = k < K && c < words ? static_cast<uint32_t>(w.qweight[k * words + c]) : 0u;
+  }
+  __syncthreads();
+  const int64_t k = k0 + lane;  // lanes along K for the writes
+  if (k >= K) return;
+  const int64_t g = k / w.group_size;
+  for (int r = row; r < 32; r += 8) {
+    const int64_t c = c0 + r;
+    if (c >= words) break;
+    const uint32_t zword = static_cast<uint32_t>(w.qzeros[g * words + c]);
+#pragma unroll
+    for (int j = 0; j < 8; ++j) {
+      const float s = half_bits_to_float(w.scales[g * w.out_features + 8 * c + j]);
+      out[(8 * c + j) * K + k] = to_bits<T>(dequant_exact(tile[r][lane], zword, j, s));
+    }
+  }
+}
+
+// ---- launchers ------------------------------------------------------------------------------------
+
+bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
+
+int multiprocessors(int device) {
+  static std::atomic<int> cached[64];
+  if (device >= 0 && device < 64 && cached[device].load(std::memory_order_relaxed))
+    return cached[device].load(std::memory_order_relaxed);
+  int count = 0;
+  PAGEDLLM_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
+  if (device >= 0 && device < 64) cached[device].store(count, std::memory_order_relaxed);
+  return count;
+}
+
+// Whether the tensor-core kernel runs as sm_80+ code on `device` (not compute_75 PTX JIT-compiled
+// with an empty body). Cached per device.
+bool tensor_cores_usable(int device) {
+  static std::atomic<int> cached[64];  // 0: not asked yet, 1: no, 2: yes
+  if (device >= 0 && device < 64) {
+    const int known = cached[device].load(std::memory_order_relaxed);
+    if (known) return known == 2;
+  }
+  cudaFuncAttributes attr{};
+  PAGEDLLM_CUDA_CHECK(cudaFuncGetAttributes(&attr, awq_gemm_tensor_core_kernel<half_t, 2, true>));
+  const bool usable = attr.ptxVersion >= 80 && attr.binaryVersion >= 80;
+  if (device >= 0 && device < 64) cached[device].store(usable ? 2 : 1, std::memory_order_relaxed);
+  return usable;
+}
+
+// A stream-ordered workspace from the device's default resource, freed (stream-ordered) on scope exit.
+struct Workspace {
+  Workspace(size_t n, Stream& s) : bytes(n), stream(s), resource(default_memory_resource(s.device())) {
+    ptr = resource->allocate(bytes, stream, Category::Workspace);
+  }
+  ~Workspace() { resource->deallocate(ptr, bytes, stream, Category::Workspace); }
+  Workspace(const Workspace&) = delete;
+  size_t bytes;
+  Stream& stream;
+  MemoryResourcePtr resource;
+  void* ptr;
+};
+
+template <int MT, int VEC, typename X>
+void launch_gemv_x(const AwqLinearArgs& a, Stream& stream, int sms, cudaStream_t s) {
+  constexpr int RP = kThreads / (kGemvTileWords / VEC);
+  const int64_t K = a.weight.in_features, words = a.weight.out_features / 8;
+  const int64_t tiles = (words + kGemvTileWords - 1) / kGemvTileWords, chunks = (a.num_tokens + MT - 1) / MT;
+  // Split K until every SM has two CTAs, keeping ≥ 8 rows per thread.
+  int64_t splits = std::max<int64_t>(1, (2 * sms + tiles * chunks - 1) / (tiles * chunks));
+  splits = std::min<int64_t>({splits, std::max<int64_t>(1, K / (8 * RP)), 64});
+  const int64_t rows_per_split = (K + splits - 1) / splits;
+  splits = (K + rows_per_split - 1) / rows_per_split;
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(chunks), static_cast<unsigned>(splits));
+  if (splits == 1) {
+    awq_gemv_kernel<MT, VEC, X><<<grid, kThreads, 0, s>>>(a, nullptr, rows_per_split);
+    PAGEDLLM_CUDA_CHECK(cudaGetLastError());
+    return;
+  }
+  Workspace partial(static_cast<size_t>(splits * a.num_tokens * a.weight.out_features) * sizeof(float), stream);
+  awq_gemv_kernel<MT, VEC, X><<<grid, kThreads, 0, s>>>(a, static_cast<float*>(partial.ptr), rows_per_split);
+  PAGEDLLM_CUDA_CHECK(cudaGetLastError());
+  const int64_t total = a.num_tokens * a.weight.out_features;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + kThreads - 1) / kThreads, 8 * sms));
+  awq_split_sum_kernel<<<blocks, kThreads, 0, s>>>(a, static_cast<const float*>(partial.ptr), static_cast<int>(splits));
+  PAGEDLLM_CUDA_CHECK(cudaGetLastError());
+}
+
+template <int MT, int VEC>
+void launch_gemv(const AwqLinearArgs& a, Stream& stream, int sms, cudaStream_t s) {
+  switch (a.x_dtype) {
+    case DType::Float16: launch_gemv_x<MT, VEC, half_t>(a, stream, sms, s); break;
+    case DType::BFloat16: launch_gemv_x<MT, VEC, bfloat16_t>(a, stream, sms, s); break;
+    default: launch_gemv_x<MT, VEC, float>(a, stream, sms, s); break;
+  }
+}
+
+void run_gemv(const AwqLinearArgs& a, Stream& stream, int sms, cudaStream_t s) {
+  // 16-byte loads need every row's words 16-byte aligned; fewer words per thread for larger M keep
+  // the accumulators (MT · 8 · VEC) at 64 registers.
+  const bool vec = a.weight.out_features / 8 % 4 == 0 && aligned16(a.weight.qweight);
+  if (vec && a.num_tokens == 1) launch_gemv<1, 4>(a, stream, sms, s);
+  else if (vec && a.num_tokens == 2) launch_gemv<2, 4>(a, stream, sms, s);
+  else if (vec && a.num_tokens <= 4) launch_gemv<4, 2>(a, stream, sms, s);
+  else launch_gemv<8, 1>(a, stream, sms, s);
+}
+
+template <typename T, int MT>
+void launch_tensor_core_tiles(const AwqLinearArgs& a, bool aligned, cudaStream_t s) {
+  const dim3 grid(static_cast<unsigned>((a.weight.out_features + 127) / 128), static_cast<unsigned>((a.num_tokens + 32 * MT - 1) / (32 * MT)));
+  if (aligned) awq_gemm_tensor_core_kernel<T, MT, true><<<grid, kThreads, 0, s>>>(a);
+  else awq_gemm_tensor_core_kernel<T, MT, false><<<grid, kThreads, 0, s>>>(a);
+  PAGEDLLM_CUDA_CHECK(cudaGetLastError());
+}
+
+void run_tensor_core(const AwqLinearArgs& a, cudaStream_t s) {
+  const bool aligned = a.weight.in_features % 8 == 0 && a.x_stride % 8 == 0 && aligned16(a.x);
+  const bool small = a.num_tokens <= 32;  // 32-row tiles: less padding, more CTAs
+  if (a.x_dtype == DType::Float16) {
+    if (small) launch_tensor_core_tiles<half_t, 1>(a, aligned, s);
+    else launch_tensor_core_tiles<half_t, 2>(a, aligned, s);
+  } else {
+    if (small) launch_tensor_core_tiles<bfloat16_t, 1>(a, aligned, s);
+    else launch_tensor_core_tiles<bfloat16_t, 2>(a, aligned, s);
+  }
+}
+
+void run_simt(const AwqLinearArgs& a, cudaStream_t s) {
+  const dim3 grid(static_cast<unsigned>((a.weight.out_features + 63) / 64), static_cast<unsigned>((a.num_tokens + 63) / 64));
+  switch (a.x_dtype) {
+    case DType::Float16: awq_gemm_simt_kernel<half_t><<<grid, kThreads, 0, s>>>(a); break;
+    case DType::BFloat16: awq_gemm_simt_kernel<bfloat16_t><<<grid, kThreads, 0, s>>>(a); break;
+    default: awq_gemm_simt_kernel<float><<<grid, kThreads, 0, s>>>(a); break;
+  }
+  PAGEDLLM_CUDA_CHECK(cudaGetLastError());
+}
+
+void run_dequant_gemm(const AwqLinearArgs& a, Stream& stream, cudaStream_t s) {
+  const AwqWeight& w = a.weight;
+  const DType wt = a.x_dtype == DType::BFloat16 ? DType::BFloat16 : DType::Float16;
+  Workspace dense(static_cast<size_t>(w.in_features * w.out_features) * 2, stream);
+  const dim3 grid(static_cast<unsigned>((w.out_features / 8 + 31) / 32), static_cast<unsigned>((w.in_features + 31) / 32));
+  if (wt == DType::Float16) awq_dequantize_transposed_kernel<half_t><<<grid, kThreads, 0, s>>>(w, static_cast<uint16_t*>(dense.ptr));
+  else awq_dequantize_transposed_kernel<bfloat16_t><<<grid, kThreads, 0, s>>>(w, static_cast<uint16_t*>(dense.ptr));
+  PAGEDLLM_CUDA_CHECK(cudaGetLastError());
+  const LinearArgs dense_args{a.x, a.x_stride, a.x_dtype, dense.ptr, wt, a.bias, a.bias_dtype, a.out, a.out_stride,
+                              a.out_dtype, a.num_tokens, w.out_features, w.in_features};
+  linear_cuda(dense_args, stream);
+}
+
+}  // namespace
+
+// ---- dispatch -------------------------------------------------------------------------------------
+
+const char* awq_cuda_kernel_name(AwqCudaKernel kernel) {
+  switch (kernel) {
+    case AwqCudaKernel::Auto: return "auto";
+    case AwqCudaKernel::Gemv: return "gemv";
+    case AwqCudaKernel::TensorCore: return "tensor-core";
+    case AwqCudaKernel::Simt: return "simt";
+    case AwqCudaKernel::DequantGemm: return "dequant-gemm";
+  }
+  return "unknown";
+}
+
+void awq_linear_cuda(const AwqLinearArgs& a, Stream& stream, AwqCudaKernel kernel) {
+  if (a.num_tokens == 0) return;
+  PAGEDLLM_CHECK(a.num_tokens <= 65535LL * 32, InvalidArgument, "awq_linear: num_tokens ", a.num_tokens,
+                 " is too large for the CUDA kernels");
+  CudaStream& cuda = as_cuda_stream(stream);
+  cuda.activate();
+  cudaStream_t s = cuda.handle();
+  const int device = cuda.device().index;
+  const bool sixteen_bit = a.x_dtype == DType::Float16 || a.x_dtype == DType::BFloat16;
+  if (kernel == AwqCudaKernel::Auto) {
+    if (a.num_tokens <= kGemvMaxRows) kernel = AwqCudaKernel::Gemv;
+    else if (a.num_tokens >= kDequantMinRows) kernel = AwqCudaKernel::DequantGemm;
+    else if (sixteen_bit && tensor_cores_usable(device)) kernel = AwqCudaKernel::TensorCore;
+    else kernel = AwqCudaKernel::Simt;
+  }
+  switch (kernel) {
+    case AwqCudaKernel::Gemv: run_gemv(a, stream, multiprocessors(device), s); break;
+    case AwqCudaKernel::TensorCore:
+      PAGEDLLM_CHECK(sixteen_bit && tensor_cores_usable(device), Unsupported,
+                     "awq_linear: the tensor-core kernel needs sm_80+ code and float16/bfloat16 x");
+      run_tensor_core(a, s);
+      break;
+    case AwqCudaKernel::DequantGemm: run_dequant_gemm(a, stream, s); break;
+    default: run_simt(a, s); break;
+  }
+}
+
+void awq_linear_cuda(const AwqLinearArgs& a, Stream& stream) { awq_linear_cuda(a, stream, AwqCudaKernel::Auto); }
+
+void awq_dequantize_cuda(const AwqDequantizeArgs& a, Stream& stream) {
+  CudaStream& cuda = as_cuda_stream(stream);
+  cuda.activate();
+  const int64_t total = a.weight.in_features * (a.weight.out_features / 8);
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + kThreads - 1) / kThreads, 65535));
+  awq_dequantize_kernel<<<blocks, kThreads, 0, cuda.handle()>>>(a.weight, a.out, a.out_dtype);
+  PAGEDLLM_CUDA_CHECK(cudaGetLastError());
+}
+
+}  // namespace pagedllm

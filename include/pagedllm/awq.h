@@ -1,0 +1,178 @@
+// AWQ int4 weights (AutoAWQ "GEMM" checkpoints), defined once: the packing,
+// the shape rules, the plain-loop reference dequantizer every test uses, and
+// the ops that multiply by such a weight. Facts: ../shared/reference/formats.md §1.
+//
+// One quantized nn.Linear(in_features = K, out_features = N), group size G:
+//   qweight [K, N/8]   int32   4-bit codes q ∈ [0, 15], 8 per word along the output dim, AWQ order
+//   qzeros  [K/G, N/8] int32   4-bit zero points z, packed the same way
+//   scales  [K/G, N]   float16 natural (un-interleaved) column order
+// and the dequantized weight is W[k, n] = float16((q[k, n] − z[k / G, n]) · s[k / G, n]), shape
+// [K, N] — in-major, the transpose of HF's nn.Linear weight, so y = x · W with no transpose.
+// (q − z) · s is exact in float32 (a 5-bit integer times an 11-bit significand), so rounding it once
+// to float16 is the value vLLM's kernels produce (formats.md §1.4) and tests may demand bit equality.
+//
+// Word c of a row holds output columns 8c … 8c+7: nibble slot i (bits 4i … 4i+3) holds column
+// 8c + kOrder[i], so column 8c + j sits in slot kReverseOrder[j] — even columns in the low 16 bits,
+// odd columns in the high 16 bits. A checkpoint's int32 words are little-endian on disk.
+//
+// No load-time repack: every kernel reads the AutoAWQ tensors as they are, so a checkpoint's buffers
+// are used in place (and awq_dequantize_reference is the one definition of what they mean).
+#pragma once
+
+#include <cstdint>
+
+#include "pagedllm/convert.h"
+#include "pagedllm/dtype.h"
+#include "pagedllm/error.h"
+#include "pagedllm/model_ops.h"
+#include "pagedllm/stream.h"
+
+namespace pagedllm {
+
+namespace awq {
+
+constexpr int kBits = 4;
+constexpr int kPackFactor = 8;  // codes per int32 word
+// Slot i of a word holds column kOrder[i] of its 8 (AutoAWQ packing_utils AWQ_ORDER) …
+constexpr int kOrder[kPackFactor] = {0, 2, 4, 6, 1, 3, 5, 7};
+// … and column j is read from slot kReverseOrder[j] (AWQ_REVERSE_ORDER).
+constexpr int kReverseOrder[kPackFactor] = {0, 4, 1, 5, 2, 6, 3, 7};
+// Group sizes the kernels are tested for; a checkpoint's −1 (one group) is passed as G = K.
+constexpr int64_t kGroupSizes[] = {32, 64, 128};
+
+constexpr bool orders_are_inverse() {
+  for (int j = 0; j < kPackFactor; ++j)
+    if (kOrder[kReverseOrder[j]] != j || kReverseOrder[kOrder[j]] != j) return false;
+  return true;
+}
+static_assert(orders_are_inverse(), "kOrder and kReverseOrder must be inverse permutations");
+static_assert(kOrder[1] == 2 && kReverseOrder[1] == 4, "slot 1 holds column 2; column 1 is in slot 4");
+
+// The two permutations as arithmetic (usable in device code, where the host arrays are not).
+PAGEDLLM_HD constexpr int slot_column(int i) { return (i & 3) * 2 + (i >> 2); }  // = kOrder[i]
+PAGEDLLM_HD constexpr int column_slot(int j) { return (j >> 1) + 4 * (j & 1); }  // = kReverseOrder[j]
+constexpr bool formulas_match_orders() {
+  for (int i = 0; i < kPackFactor; ++i)
+    if (slot_column(i) != kOrder[i] || column_slot(i) != kReverseOrder[i]) return false;
+  return true;
+}
+static_assert(formulas_match_orders(), "slot_column / column_slot must equal kOrder / kReverseOrder");
+
+// Bit offset of column j (0 … 7) inside its word.
+PAGEDLLM_HD constexpr int column_shift(int j) { return kBits * column_slot(j); }
+// The code of column j of a packed word.
+PAGEDLLM_HD constexpr int code(uint32_t word, int j) { return static_cast<int>((word >> column_shift(j)) & 0xFu); }
+
+// Packs the codes of 8 consecutive columns (each 0 … 15) into one word (AutoAWQ's pack).
+constexpr uint32_t pack(const int (&codes)[kPackFactor]) {
+  uint32_t word = 0;
+  for (int i = 0; i < kPackFactor; ++i) word |= static_cast<uint32_t>(codes[kOrder[i]] & 0xF) << (kBits * i);
+  return word;
+}
+// formats.md §1.5, the worked example: codes 1 … 8 pack to 0x86427531 (a sequential pack would be 0x87654321).
+static_assert(pack({1, 2, 3, 4, 5, 6, 7, 8}) == 0x86427531u, "AWQ order: formats.md §1.5");
+static_assert(pack({0, 1, 2, 3, 4, 5, 6, 7}) == 0x75316420u && pack({15, 0, 15, 0, 15, 0, 15, 0}) == 0x0000FFFFu,
+              "AWQ order: formats.md §1.5");
+static_assert(code(0x86427531u, 0) == 1 && code(0x86427531u, 1) == 2 && code(0x86427531u, 7) == 8,
+              "unpacking inverts packing");
+
+}  // namespace awq
+
+// One AWQ weight in device (or host) memory: the three AutoAWQ tensors as they are.
+struct AwqWeight {
+  const int32_t* qweight;  // [in_features, out_features / 8] int32, contiguous
+  const int32_t* qzeros;   // [in_features / group_size, out_features / 8] int32, contiguous
+  const uint16_t* scales;  // [in_features / group_size, out_features] float16 bits, contiguous
+  int64_t in_features;     // K
+  int64_t out_features;    // N, a multiple of 8
+  int64_t group_size;      // G: 32, 64, 128, or in_features (a checkpoint's −1)
+};
+
+// Throws ERR_INVALID_ARGUMENT for sizes the format cannot have (K ≤ 0, N not a positive multiple of 8,
+// K not a multiple of G) and ERR_UNSUPPORTED for a group size outside kGroupSizes ∪ {K}. `op` prefixes
+// the message.
+inline void check_awq_weight(const AwqWeight& w, const char* op) {
+  PAGEDLLM_CHECK(w.in_features > 0 && w.out_features > 0, InvalidArgument, op, ": in_features (", w.in_features,
+                 ") and out_features (", w.out_features, ") must be positive");
+  PAGEDLLM_CHECK(w.out_features % awq::kPackFactor == 0, InvalidArgument, op, ": out_features ", w.out_features,
+                 " is not a multiple of 8 (8 int4 codes per int32)");
+  PAGEDLLM_CHECK(w.in_features <= INT32_MAX && w.out_features <= INT32_MAX, InvalidArgument, op,
+                 ": sizes must fit in 32 bits");
+  bool listed = w.group_size == w.in_features;
+  for (int64_t g : awq::kGroupSizes) listed = listed || w.group_size == g;
+  PAGEDLLM_CHECK(listed, Unsupported, op, ": group size ", w.group_size,
+                 " is not supported (supported: 32, 64, 128, or in_features for one group)");
+  PAGEDLLM_CHECK(w.in_features % w.group_size == 0, InvalidArgument, op, ": in_features ", w.in_features,
+                 " is not a multiple of the group size ", w.group_size);
+}
+
+// The reference: W[k, n] of the dequantized weight (a float16 value, returned as float), by the
+// definition, one element at a time.
+inline float awq_reference_weight(const AwqWeight& w, int64_t k, int64_t n) {
+  const int64_t words = w.out_features / awq::kPackFactor, g = k / w.group_size;
+  const uint32_t qword = static_cast<uint32_t>(w.qweight[k * words + n / 8]);
+  const uint32_t zword = static_cast<uint32_t>(w.qzeros[g * words + n / 8]);
+  const int q = awq::code(qword, static_cast<int>(n % 8)), z = awq::code(zword, static_cast<int>(n % 8));
+  const float s = half_bits_to_float(w.scales[g * w.out_features + n]);
+  return half_bits_to_float(float_to_half_bits(static_cast<float>(q - z) * s));
+}
+
+// The reference dequantizer: out[k · N + n] = W[k, n] for the whole [K, N] weight (host memory).
+inline void awq_dequantize_reference(const AwqWeight& w, float* out) {
+  for (int64_t k = 0; k < w.in_features; ++k)
+    for (int64_t n = 0; n < w.out_features; ++n) out[k * w.out_features + n] = awq_reference_weight(w, k, n);
+}
+
+// ---- awq_linear ----------------------------------------------------------------------------------
+// out = x · W (+ bias): out[m, n] = Σ_k x[m, k] · W[k, n] (+ bias[n]), float32 accumulation, one
+// rounding to out_dtype; x, bias and out of any float dtype. In GEMM terms M = num_tokens,
+// N = out_features, K = in_features. Conventions as model_ops.h (args, stream, dispatch).
+//   CPU:  M ≤ 8: a GEMV that streams the packed words once for all M rows, unpacking nibbles in
+//         registers and applying each group's scale and zero point to per-group sums:
+//         Σ_k x·W = Σ_g s·(Σ_{k∈g} x·q − z·Σ_{k∈g} x) — the products are not rounded to float16, so
+//         each term may differ from x·W by half a float16 ulp of W (tests allow it). M > 8: a
+//         cache-blocked GEMM over panels dequantized to exactly W (float32), 6 × 16 register tiles.
+//         AVX2+FMA+F16C or portable C++ (cpu_simd()), threads over N.
+//   CUDA: M small: a fused GEMV (the words read once, 16-byte loads, K split across warps); larger M:
+//         a fused tensor-core GEMM (mma.sync m16n8k16, sm_80+, float16/bfloat16 x: W is rounded to
+//         x's dtype, so bfloat16 x sees W to bfloat16 precision) or a float32 SIMT GEMM (sm_75,
+//         float32 x); past a crossover, W is dequantized into a workspace (stream-ordered from the
+//         device's default memory resource) and the dense linear GEMM of model_ops.h runs on it.
+struct AwqLinearArgs {
+  const void* x;  // [num_tokens, in_features] of x_dtype; token stride x_stride elements
+  int64_t x_stride;
+  DType x_dtype;
+  AwqWeight weight;
+  const void* bias;  // [out_features] of bias_dtype, or null
+  DType bias_dtype;
+  void* out;  // [num_tokens, out_features] of out_dtype; token stride out_stride elements
+  int64_t out_stride;
+  DType out_dtype;
+  int64_t num_tokens;  // M
+};
+void awq_linear(const AwqLinearArgs& args, Stream& stream);
+void awq_linear_cpu(const AwqLinearArgs& args, Stream& stream);
+void awq_linear_cuda(const AwqLinearArgs& args, Stream& stream);
+// awq_linear_cpu on a given SIMD path (tests and benchmarks compare them); ERR_UNSUPPORTED for Avx2 on
+// a CPU without it.
+void awq_linear_cpu(const AwqLinearArgs& args, Stream& stream, CpuSimd simd);
+
+// The CUDA kernels of awq_linear, for tests and the crossover benchmark; Auto is the dispatch.
+// TensorCore needs sm_80+ and float16/bfloat16 x (ERR_UNSUPPORTED otherwise).
+enum class AwqCudaKernel { Auto, Gemv, TensorCore, Simt, DequantGemm };
+const char* awq_cuda_kernel_name(AwqCudaKernel kernel);
+void awq_linear_cuda(const AwqLinearArgs& args, Stream& stream, AwqCudaKernel kernel);
+
+// ---- awq_dequantize ------------------------------------------------------------------------------
+// out[k, n] = W[k, n], [in_features, out_features] contiguous, float16 (bit-exact W) or float32 (W
+// widened, also exact).
+struct AwqDequantizeArgs {
+  AwqWeight weight;
+  void* out;  // [in_features, out_features] of out_dtype, contiguous
+  DType out_dtype;
+};
+void awq_dequantize(const AwqDequantizeArgs& args, Stream& stream);
+void awq_dequantize_cpu(const AwqDequantizeArgs& args, Stream& stream);
+void awq_dequantize_cuda(const AwqDequantizeArgs& args, Stream& stream);
+
+}  // namespace pagedllm

@@ -1,0 +1,198 @@
+// The CPU AWQ int4 ops (include/pagedllm/awq.h): the packing constants against
+// formats.md §1.5, the reference dequantizer against the spec decoded once more
+// in the test, awq_dequantize bit for bit, awq_linear against dequantize +
+// float64 matmul over M × shapes × every group size on both SIMD paths, and the
+// typed errors of bad shapes and group sizes.
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "awq_reference.h"
+#include "harness.h"
+#include "pagedllm/awq.h"
+#include "pagedllm/device.h"
+
+using namespace pagedllm;
+using test::HostTensor;
+
+namespace {
+
+std::shared_ptr<Stream> cpu() { return default_stream(Device{DeviceKind::Cpu, 0}); }
+
+constexpr DType kFloats[] = {DType::Float32, DType::Float16, DType::BFloat16};
+
+std::vector<CpuSimd> simd_paths() {
+  const CpuInfo info = cpu_info();
+  auto has = [&](const char* f) { return std::find(info.simd.begin(), info.simd.end(), f) != info.simd.end(); };
+  std::vector<CpuSimd> paths = {CpuSimd::Portable};
+  if (has("avx2") && has("fma") && has("f16c")) paths.push_back(CpuSimd::Avx2);
+  return paths;
+}
+
+HostTensor dequantize(const AwqWeight& w, DType dtype) {
+  HostTensor out(dtype, w.in_features * w.out_features);
+  auto s = cpu();
+  awq_dequantize({w, out.data(), dtype}, *s);
+  s->synchronize();
+  return out;
+}
+
+// The CPU gemv does not round (q − z)·s to float16 (awq.h): half a float16 ulp of W.
+constexpr double kCpuWeightError = 1.0 / 2048;
+
+}  // namespace
+
+// ---- format ------------------------------------------------------------------------------------
+
+TEST(awq_pack_order_matches_formats_md) {
+  // §1.5: codes 1 … 8 of columns 0 … 7 → slots [1, 3, 5, 7, 2, 4, 6, 8] → 0x86427531 (−2042464975).
+  CHECK(awq::pack({1, 2, 3, 4, 5, 6, 7, 8}) == 0x86427531u);
+  CHECK(static_cast<int32_t>(0x86427531u) == -2042464975);
+  const uint8_t bytes[4] = {0x31, 0x75, 0x42, 0x86};  // little-endian on disk
+  uint32_t word;
+  std::memcpy(&word, bytes, 4);
+  for (int j = 0; j < 8; ++j) CHECK(awq::code(word, j) == j + 1, "column ", j);
+  // A sequential unpack would read [1, 3, 5, 7, 2, 4, 6, 8].
+  CHECK(((word >> 4) & 15u) == 3u);
+  CHECK(awq::pack({8, 8, 8, 8, 8, 8, 8, 8}) == 0x88888888u);
+  CHECK(awq::pack({8, 7, 8, 7, 8, 7, 8, 7}) == 0x77778888u);
+  // Round trip over random words: every word is a packing, and unpack ∘ pack is the identity.
+  std::mt19937 rng(5);
+  for (int i = 0; i < 100000; ++i) {
+    const uint32_t w = rng();
+    int codes[8];
+    for (int j = 0; j < 8; ++j) {
+      codes[j] = awq::code(w, j);
+      CHECK(codes[j] == test::awq_code_from_spec(w, j), "word ", w, " column ", j);
+    }
+    CHECK(awq::pack(codes) == w, "word ", w);
+  }
+}
+
+TEST(awq_dequantize_worked_example) {
+  // §1.5: K = 128, N = 8, G = 128, every qweight row 0x86427531, zeros all 8, scales fp16(0.01).
+  const int64_t K = 128, N = 8;
+  std::vector<int32_t> qweight(K, static_cast<int32_t>(0x86427531u)), qzeros(1, static_cast<int32_t>(0x88888888u));
+  std::vector<uint16_t> scales(N, test::reference_to_half(0.01f));
+  CHECK(test::half_value(scales[0]) == 0.01000213623046875);
+  const AwqWeight w{qweight.data(), qzeros.data(), scales.data(), K, N, 128};
+  const double want[8] = {-0.07000732, -0.05999756, -0.05001831, -0.04000854, -0.02999878, -0.02000427, -0.01000214, 0.0};
+  const HostTensor f16 = dequantize(w, DType::Float16), f32 = dequantize(w, DType::Float32);
+  for (int64_t k = 0; k < K; ++k)
+    for (int64_t n = 0; n < N; ++n) {
+      CHECK(std::fabs(f16.get(k * N + n) - want[n]) < 5e-9, "k ", k, " n ", n, ": ", f16.get(k * N + n));
+      CHECK(f32.get(k * N + n) == f16.get(k * N + n));
+      CHECK(awq_reference_weight(w, k, n) == static_cast<float>(f16.get(k * N + n)));
+    }
+  // y = ones · W = 128 · W[0, n]; the gemv's unrounded (q − z)·s errs the same way in every row here.
+  std::vector<float> x(K, 1.0f), y(N);
+  auto s = cpu();
+  for (CpuSimd simd : simd_paths()) {
+    awq_linear_cpu({x.data(), K, DType::Float32, w, nullptr, DType::Float32, y.data(), N, DType::Float32, 1}, *s, simd);
+    s->synchronize();
+    for (int64_t n = 0; n < N; ++n) CHECK(std::fabs(y[n] - 128 * f16.get(n)) <= (1e-5 + kCpuWeightError) * 128 * std::fabs(f16.get(n)), cpu_simd_name(simd), " n ", n, ": ", y[n]);
+  }
+}
+
+TEST(awq_dequantize_bit_exact_against_the_reference) {
+  uint32_t seed = 11;
+  for (const test::AwqShape& shape : test::awq_shapes()) {
+    const test::AwqTensors t(shape.K, shape.N, shape.G, seed++);
+    const AwqWeight w = t.weight();
+    std::vector<float> ref(shape.K * shape.N);
+    awq_dequantize_reference(w, ref.data());
+    const HostTensor f16 = dequantize(w, DType::Float16), f32 = dequantize(w, DType::Float32);
+    for (int64_t i = 0; i < shape.K * shape.N; ++i) {
+      const int64_t k = i / shape.N, n = i % shape.N;
+      CHECK(ref[i] == test::awq_weight_from_spec(w, k, n), "reference vs spec at k ", k, " n ", n, " G ", shape.G);
+      uint16_t h;
+      std::memcpy(&h, &f16.bytes[2 * i], 2);
+      CHECK(h == float_to_half_bits(ref[i]), "float16 at k ", k, " n ", n, " K ", shape.K, " N ", shape.N, " G ", shape.G);
+      float f;
+      std::memcpy(&f, &f32.bytes[4 * i], 4);
+      CHECK(float_bits(f) == float_bits(ref[i]), "float32 at k ", k, " n ", n, " K ", shape.K, " N ", shape.N, " G ", shape.G);
+    }
+  }
+}
+
+// ---- awq_linear ----------------------------------------------------------------------------------
+
+TEST(awq_linear_cpu_grid_every_group_size_both_simd_paths) {
+  uint32_t seed = 100;
+  int combo = 0;
+  for (const test::AwqShape& shape : test::awq_shapes())
+    for (int64_t M : test::kAwqMs) {
+      const int k = combo++;
+      const DType x = kFloats[k % 3], o = kFloats[(k / 3) % 3];
+      const test::AwqLinearCase c(x, o, k % 2 == 0, M, shape.K, shape.N, shape.G, k % 4 == 1, seed++);
+      for (CpuSimd simd : simd_paths()) {
+        HostTensor out = c.make_out();
+        auto s = cpu();
+        awq_linear_cpu(c.args(out.data()), *s, simd);
+        s->synchronize();
+        c.check(out, kCpuWeightError, test::str("cpu ", cpu_simd_name(simd)));
+      }
+    }
+}
+
+TEST(awq_linear_cpu_llama_shapes) {
+  // A decode step (gemv) and a prefill chunk (gemm) on a Llama-like projection, through the dispatch.
+  for (auto [M, G] : {std::pair<int64_t, int64_t>{1, 128}, {5, 64}, {40, 128}}) {
+    const test::AwqLinearCase c(DType::Float16, DType::Float16, false, M, 2048, 1024, G, false, static_cast<uint32_t>(M));
+    HostTensor out = c.make_out();
+    auto s = cpu();
+    awq_linear(c.args(out.data()), *s);
+    s->synchronize();
+    c.check(out, kCpuWeightError, test::str("cpu dispatch (", cpu_simd_name(cpu_simd()), ")"));
+  }
+}
+
+// ---- errors --------------------------------------------------------------------------------------
+
+TEST(awq_ops_reject_bad_arguments) {
+  using test::expect_error;
+  auto s = cpu();
+  const test::AwqLinearCase c(DType::Float32, DType::Float32, false, 2, 128, 16, 64, false, 3);
+  HostTensor out = c.make_out();
+  AwqLinearArgs a = c.args(out.data());
+  a.weight.group_size = 48;
+  expect_error(ErrorCode::Unsupported, "awq_linear: group size 48 is not supported (supported: 32, 64, 128, or in_features", [&] { awq_linear(a, *s); });
+  a.weight.group_size = -1;
+  expect_error(ErrorCode::Unsupported, "group size -1 is not supported", [&] { awq_linear(a, *s); });
+  a.weight.group_size = 0;
+  expect_error(ErrorCode::Unsupported, "group size 0", [&] { awq_linear(a, *s); });
+  a = c.args(out.data());
+  a.weight.out_features = 12;
+  expect_error(ErrorCode::InvalidArgument, "awq_linear: out_features 12 is not a multiple of 8", [&] { awq_linear(a, *s); });
+  a = c.args(out.data());
+  a.weight.in_features = 96;  // G = 64
+  expect_error(ErrorCode::InvalidArgument, "awq_linear: in_features 96 is not a multiple of the group size 64", [&] { awq_linear(a, *s); });
+  a = c.args(out.data());
+  a.weight.in_features = 0;
+  expect_error(ErrorCode::InvalidArgument, "must be positive", [&] { awq_linear(a, *s); });
+  a = c.args(out.data());
+  a.x_dtype = DType::Int32;
+  expect_error(ErrorCode::Unsupported, "awq_linear: x dtype int32 (supported: float32, float16, bfloat16)", [&] { awq_linear(a, *s); });
+  a = c.args(out.data());
+  a.x_stride = 100;
+  expect_error(ErrorCode::InvalidArgument, "awq_linear: x stride 100 is less than in_features (128)", [&] { awq_linear(a, *s); });
+  a = c.args(out.data());
+  a.out_stride = 8;
+  expect_error(ErrorCode::InvalidArgument, "awq_linear: out stride 8 is less than out_features (16)", [&] { awq_linear(a, *s); });
+  HostTensor w(DType::BFloat16, 128 * 16);
+  expect_error(ErrorCode::Unsupported, "awq_dequantize: out dtype bfloat16 (supported: float16, float32)",
+               [&] { awq_dequantize({c.w.weight(), w.data(), DType::BFloat16}, *s); });
+  AwqWeight bad = c.w.weight();
+  bad.group_size = 256;
+  expect_error(ErrorCode::Unsupported, "awq_dequantize: group size 256", [&] { awq_dequantize({bad, w.data(), DType::Float16}, *s); });
+  // One group of any length is fine (a checkpoint's −1): 128 here.
+  a = c.args(out.data());
+  a.weight.group_size = 128;
+  a.weight.qzeros = c.w.qzeros.data();
+  awq_linear(a, *s);
+  s->synchronize();
+}
