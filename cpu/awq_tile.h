@@ -306,6 +306,10 @@ inline void gemv_m(const AwqGemvJob& job) {
   // strided walk down a strip would otherwise miss on every 64-byte line: no hardware prefetcher
   // follows a 2 KiB stride with two rows per 4 KiB page.
   const bool whole_rows = job.word0 == 0 && job.word1 == ldw;
+  if (whole_rows) {  // the job's first block has no block before it to request it: ask for it all now
+    const int32_t* end = w.qweight + (job.k0 + kb < K ? job.k0 + kb : K) * ldw;
+    for (const int32_t* p = w.qweight + job.k0 * ldw; p < end; p += 16) __builtin_prefetch(p, 0, 2);
+  }
   float sx[M] = {};
   for (int64_t k0 = job.k0; k0 < job.k1; k0 += kb) {
     const int64_t k1 = k0 + kb < K ? k0 + kb : K;

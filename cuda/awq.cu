@@ -4,7 +4,8 @@
 //
 // - GEMV (small M, decode): a CTA owns 16 words (128 columns) of a K range;
 //   each thread streams its own contiguous rows with 16-byte (or 8/4-byte for
-//   larger M) evict-first loads of the packed words and keeps per-group sums
+//   larger M) evict-first loads of the packed words, four rows' loads in
+//   flight before their math, and keeps per-group sums
 //   Σ x·q and Σ x, applying each group's zero point and scale once per group:
 //   Σ_{k∈g} x·W = s·(Σ x·q − z·Σ x). A code becomes a float with one OR into
 //   the mantissa of 2^23 and one subtract (no int→float conversion: those run
@@ -187,43 +188,47 @@ __global__ void __launch_bounds__(kThreads) awq_gemv_kernel(AwqLinearArgs a, flo
     }
   };
 
-  if (active && k_begin < k_end) {
-    int64_t g = k_begin / G, g_end = (g + 1) * G;
+  // acc[m][·] += x[m, k] · q[k, ·] for the U rows from k (all in one group).
+  auto rows = [&](int64_t k, auto unroll) {
+    constexpr int U = decltype(unroll)::value;
+    uint32_t qw[U][VEC];
+    float xv[U][MT];
 #pragma unroll
-    for (int m = 0; m < MT; ++m) {
-      xsum[m] = 0.0f;
+    for (int u = 0; u < U; ++u) load_words<VEC>(w.qweight + (k + u) * words + word0, qw[u]);  // all loads first
 #pragma unroll
-      for (int e = 0; e < VEC * 8; ++e) acc[m][e] = 0.0f;
-    }
-    for (int64_t k = k_begin; k < k_end; ++k) {
-      if (k == g_end) {
-        flush(g);
-        ++g, g_end += G;
-#pragma unroll
-        for (int m = 0; m < MT; ++m) {
-          xsum[m] = 0.0f;
-#pragma unroll
-          for (int e = 0; e < VEC * 8; ++e) acc[m][e] = 0.0f;
-        }
-      }
-      uint32_t qw[VEC];
-      load_words<VEC>(w.qweight + k * words + word0, qw);
-      float xv[MT];
+    for (int u = 0; u < U; ++u)
 #pragma unroll
       for (int m = 0; m < MT; ++m) {
-        xv[m] = m0 + m < M ? to_f(x[(m0 + m) * a.x_stride + k]) : 0.0f;
-        xsum[m] += xv[m];
+        xv[u][m] = m0 + m < M ? to_f(x[(m0 + m) * a.x_stride + k + u]) : 0.0f;
+        xsum[m] += xv[u][m];
       }
+#pragma unroll
+    for (int u = 0; u < U; ++u)
 #pragma unroll
       for (int v = 0; v < VEC; ++v)
 #pragma unroll
         for (int i = 0; i < 8; ++i) {
-          const float q = slot_code(qw[v], i);
+          const float q = slot_code(qw[u][v], i);
 #pragma unroll
-          for (int m = 0; m < MT; ++m) acc[m][v * 8 + i] = fmaf(xv[m], q, acc[m][v * 8 + i]);
+          for (int m = 0; m < MT; ++m) acc[m][v * 8 + i] = fmaf(xv[u][m], q, acc[m][v * 8 + i]);
         }
+  };
+
+  if (active && k_begin < k_end) {
+    // Group by group over this thread's rows; within a group, 4 rows' loads are issued before their
+    // math so that each thread keeps several 16-byte loads in flight.
+    for (int64_t k = k_begin; k < k_end;) {
+      const int64_t g = k / G, seg_end = min(k_end, (g + 1) * G);
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        xsum[m] = 0.0f;
+#pragma unroll
+        for (int e = 0; e < VEC * 8; ++e) acc[m][e] = 0.0f;
+      }
+      for (; k + 4 <= seg_end; k += 4) rows(k, std::integral_constant<int, 4>{});
+      for (; k < seg_end; ++k) rows(k, std::integral_constant<int, 1>{});
+      flush(g);
     }
-    flush(g);
   }
 
   // Sum over the row-threads: lanes of a warp with the same tp, then the warps.
@@ -478,7 +483,7 @@ __global__ void __launch_bounds__(kThreads) awq_dequantize_transposed_kernel(Awq
 #pragma unroll
     for (int j = 0; j < 8; ++j) {
       const float s = half_bits_to_float(w.scales[g * w.out_features + 8 * c + j]);
-      out[(8 * c + j) * K + k] = to_bits<T>(dequant_exact(tile[r][lane], zword, j, s));
+      out[(8 * c + j) * K + k] = to_bits<T>(dequant_exact(tile[lane][r], zword, j, s));
     }
   }
 }

@@ -127,12 +127,13 @@ inline void awq_dequantize_reference(const AwqWeight& w, float* out) {
 // out = x · W (+ bias): out[m, n] = Σ_k x[m, k] · W[k, n] (+ bias[n]), float32 accumulation, one
 // rounding to out_dtype; x, bias and out of any float dtype. In GEMM terms M = num_tokens,
 // N = out_features, K = in_features. Conventions as model_ops.h (args, stream, dispatch).
-//   CPU:  M ≤ 8: a GEMV that streams the packed words once for all M rows, unpacking nibbles in
-//         registers and applying each group's scale and zero point to per-group sums:
+//   CPU:  M ≤ 8: a GEMV that streams the packed words once for all M rows (threads over row
+//         ranges of K, each a contiguous stretch of memory), unpacking nibbles in registers and
+//         applying each group's scale and zero point to per-group sums:
 //         Σ_k x·W = Σ_g s·(Σ_{k∈g} x·q − z·Σ_{k∈g} x) — the products are not rounded to float16, so
 //         each term may differ from x·W by half a float16 ulp of W (tests allow it). M > 8: a
-//         cache-blocked GEMM over panels dequantized to exactly W (float32), 6 × 16 register tiles.
-//         AVX2+FMA+F16C or portable C++ (cpu_simd()), threads over N.
+//         cache-blocked GEMM over panels dequantized to exactly W (float32), 6 × 16 register tiles,
+//         threads over N. AVX2+FMA+F16C or portable C++ (cpu_simd()); no AVX-512 variant yet.
 //   CUDA: M small: a fused GEMV (the words read once, 16-byte loads, K split across warps); larger M:
 //         a fused tensor-core GEMM (mma.sync m16n8k16, sm_80+, float16/bfloat16 x: W is rounded to
 //         x's dtype, so bfloat16 x sees W to bfloat16 precision) or a float32 SIMT GEMM (sm_75,
