@@ -214,7 +214,7 @@ describe('invalid arguments', () => {
     expectError(() => Tensor.zeros([2 ** 27, 2 ** 26], { dtype: 'int8' }), InvalidArgumentError, 'ERR_INVALID_ARGUMENT', /^Tensor of shape \[134217728, 67108864\] and dtype int8 is too large/);
     // 2^48 bytes: more than any x86-64/arm64 user address space, so it fails even with overcommit.
     // (The native message is matched loosely: it comes from the memory resource, not lib/.)
-    const oom = /^out of memory: cannot allocate [0-9.]+ TiB \(other\) on cpu: .*; device free .* in use: weights 0 B/;
+    const oom = /^out of memory: cannot allocate [0-9.]+ TiB \(other\) on cpu: .*; device free .* in use: weights [0-9.]+ (B|KiB|MiB|GiB), kv-cache /;
     expectError(() => Tensor.empty([2 ** 46]), OutOfMemoryError, 'ERR_OUT_OF_MEMORY', oom);
     expectError(() => Tensor.full([2 ** 45, 2], 1), OutOfMemoryError, 'ERR_OUT_OF_MEMORY', oom);
     // 4 TiB: fails unless the kernel overcommits unconditionally (vm.overcommit_memory=1).
