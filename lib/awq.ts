@@ -20,9 +20,8 @@
  * const q = quantizeRtn(weight, N, K, awqGroupSize(cfg, K));                 // weight: Float32Array [N, K] (HF)
  * const w = dequantizeAwq(q, N, K, awqGroupSize(cfg, K));                    // Float32Array [K, N] = q.reconstruction transposed
  */
-import { f16round } from '@petamoriken/float16';
 
-import { float16ToFloat32, float32ToFloat16 } from './dtype';
+import { f16round, float16ToFloat32, float32ToFloat16 } from './dtype';
 import { InvalidArgumentError, ModelFormatError, UnsupportedError } from './errors';
 import { isJsonObject } from './json-file';
 

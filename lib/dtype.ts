@@ -7,8 +7,6 @@
  * order (include/pagedllm/awq.h); a tensor's dtype stays `int32` and its shape
  * counts int32 words, the logical meaning belongs to the op that reads it.
  */
-import { getFloat16, setFloat16 } from '@petamoriken/float16';
-
 import { InvalidArgumentError } from './errors';
 
 export type DType = 'float32' | 'float16' | 'bfloat16' | 'int32' | 'int8' | 'uint8';
@@ -68,19 +66,70 @@ export function typedArrayName(dtype: DType): string {
 
 // ---- float16 / bfloat16 helpers ---------------------------------------------------
 
+/** float16 bits of the float32 whose bits are `x` (include/pagedllm/half.h float_to_half_bits, integer for integer). */
+function halfBits(x: number): number {
+  const sign = (x >>> 16) & 0x8000;
+  const abs = x & 0x7fffffff;
+  if (abs > 0x7f800000) return sign | 0x7e00 | ((abs >>> 13) & 0x3ff);  // NaN, payload kept
+  if (abs >= 0x477ff000) return sign | 0x7c00;  // >= 65520 rounds to Inf
+  if (abs < 0x38800000) {  // below 2^-14: a float16 subnormal (or zero)
+    const e = abs >>> 23;
+    if (e < 102) return sign;  // < 2^-25: rounds to ±0
+    const m = (abs & 0x7fffff) | 0x800000;
+    const shift = 126 - e;  // 14..24
+    let q = m >>> shift;
+    const rem = m & ((1 << shift) - 1), halfway = 1 << (shift - 1);
+    if (rem > halfway || (rem === halfway && (q & 1))) q++;  // may carry into the smallest normal: still right
+    return sign | q;
+  }
+  let h = (((abs >>> 23) - 112) << 10) | ((abs & 0x7fffff) >>> 13);
+  const rem = abs & 0x1fff;
+  if (rem > 0x1000 || (rem === 0x1000 && (h & 1))) h++;  // a carry into the exponent is the right result
+  return sign | h;
+}
+
+/** float32 bits of the float16 `h` (exact; include/pagedllm/half.h half_bits_to_float). */
+function halfToFloatBits(h: number): number {
+  const sign = (h & 0x8000) << 16;
+  let e = (h >>> 10) & 0x1f;
+  let m = h & 0x3ff;
+  if (e === 0x1f) return (sign | 0x7f800000 | (m << 13)) >>> 0;
+  if (e === 0) {
+    if (m === 0) return sign >>> 0;
+    e = 113;  // normalise the subnormal: value = m * 2^-24
+    while (!(m & 0x400)) {
+      m <<= 1;
+      e--;
+    }
+    return (sign | (e << 23) | ((m & 0x3ff) << 13)) >>> 0;
+  }
+  return (sign | ((e + 112) << 23) | (m << 13)) >>> 0;
+}
+
+const scalarF32 = new Float32Array(1);
+const scalarU32 = new Uint32Array(scalarF32.buffer);
+
+/** `x` rounded to the nearest float16 (ties to even), as a number. */
+export function f16round(x: number): number {
+  scalarF32[0] = x;
+  scalarU32[0] = halfToFloatBits(halfBits(scalarU32[0]!));
+  return scalarF32[0]!;
+}
+
 /** float16 bit patterns of `values` (via float32, as the native casts), rounded to nearest even; NaN, ±Inf, ±0 and subnormals kept. */
 export function float32ToFloat16(values: ArrayLike<number>): Uint16Array {
-  const out = new Uint16Array(values.length);
-  const view = new DataView(out.buffer);
-  for (let i = 0; i < values.length; i++) setFloat16(view, 2 * i, Math.fround(values[i]!), true);
+  const f32 = values instanceof Float32Array ? values : Float32Array.from(values);
+  const bits = new Uint32Array(f32.buffer, f32.byteOffset, f32.length);
+  const out = new Uint16Array(f32.length);
+  for (let i = 0; i < out.length; i++) out[i] = halfBits(bits[i]!);
   return out;
 }
 
 /** float32 values of float16 bit patterns (exact). */
 export function float16ToFloat32(bits: Uint16Array): Float32Array {
-  const view = new DataView(bits.buffer, bits.byteOffset, bits.byteLength);
   const out = new Float32Array(bits.length);
-  for (let i = 0; i < bits.length; i++) out[i] = getFloat16(view, 2 * i, true);
+  const outBits = new Uint32Array(out.buffer);
+  for (let i = 0; i < bits.length; i++) outBits[i] = halfToFloatBits(bits[i]!);
   return out;
 }
 
