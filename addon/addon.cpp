@@ -140,6 +140,7 @@ Napi::Object Init(Napi::Env env, Napi::Object exports) {
   init_attention(env, exports);
   init_model_ops(env, exports);
   init_awq(env, exports);
+  init_decoder(env, exports);
   return exports;
 }
 

@@ -163,5 +163,6 @@ void init_cache_ops(Napi::Env env, Napi::Object exports);
 void init_attention(Napi::Env env, Napi::Object exports);
 void init_model_ops(Napi::Env env, Napi::Object exports);
 void init_awq(Napi::Env env, Napi::Object exports);
+void init_decoder(Napi::Env env, Napi::Object exports);
 
 }  // namespace pagedllm::addon

@@ -22,6 +22,8 @@ Napi::Value CpuInfoJs(const Napi::CallbackInfo& info) {
   Napi::Array simd = Napi::Array::New(env, cpu.simd.size());
   for (size_t i = 0; i < cpu.simd.size(); ++i) simd.Set(static_cast<uint32_t>(i), cpu.simd[i]);
   out.Set("simd", simd);
+  out.Set("simdPath", cpu.simd_path);
+  out.Set("threads", cpu.threads);
   return out;
 }
 

@@ -15,13 +15,13 @@
  *
  *   npm run bench:allocators            # prints tables, writes benchmarks/results/allocators-<device>-<date>.json
  */
-import { execSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { createMemoryResource, devices, Stream, type MemoryResource } from '../dist';
 import { native } from '../dist/native';
+import { gitCommit } from './common';
 
 const PAIRS_PER_SAMPLE = 1000;
 const SIZES = [256, 64 << 10, 16 << 20];
@@ -116,13 +116,6 @@ function decodeTrace(steps: number, seed: number): { trace: Float64Array; steady
   return { trace: Float64Array.from(ops), steadyFrom };
 }
 
-function gitCommit(): string {
-  try {
-    return execSync('git describe --always --dirty --abbrev=7', { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-  } catch {
-    return process.env.PAGEDLLM_COMMIT ?? 'unknown';
-  }
-}
 
 async function main(): Promise<void> {
   const { Bench } = await import('tinybench');

@@ -18,12 +18,13 @@
  *   cmake -S . -B build-gpu -DPAGEDLLM_CUDA_ARCHS=90 && cmake --build build-gpu -j --target pagedllm_bench_attention
  *   build-gpu/pagedllm_bench_attention --device cuda
  */
-import { execFileSync, execSync } from 'node:child_process';
+import { execFileSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { devices, KvCache, pagedAttention, Tensor } from '../dist';
+import { gitCommit, nativeBenchBinary } from './common';
 
 interface NativeCase {
   name: string;
@@ -52,22 +53,10 @@ interface NativeRun {
   cases: NativeCase[];
 }
 
-function gitCommit(): string {
-  try {
-    return execSync('git describe --always --dirty --abbrev=7', { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-  } catch {
-    return process.env.PAGEDLLM_COMMIT ?? 'unknown';
-  }
-}
 
-function benchBinary(): string {
-  const candidates = [process.env.PAGEDLLM_BENCH_BIN, path.resolve(__dirname, '..', 'build', 'pagedllm_bench_attention')];
-  for (const c of candidates) if (c && fs.existsSync(c)) return c;
-  throw new Error(`native benchmark not found (tried ${candidates.filter(Boolean).join(', ')}): run \`npm run build:native\` first`);
-}
 
 function runNative(device: string): NativeRun {
-  const out = execFileSync(benchBinary(), ['--device', device], { encoding: 'utf8', maxBuffer: 16 << 20, stdio: ['ignore', 'pipe', 'inherit'] });
+  const out = execFileSync(nativeBenchBinary(), ['--device', device], { encoding: 'utf8', maxBuffer: 16 << 20, stdio: ['ignore', 'pipe', 'inherit'] });
   return JSON.parse(out) as NativeRun;
 }
 

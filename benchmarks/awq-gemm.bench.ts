@@ -16,12 +16,12 @@
  * given name goes there too; a path with a '/' is used as it is).
  * On the CPU the largest shape takes long: shrink it with --shapes / --m.
  */
-import { execSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { awqLinear, devices, linear, parseDevice, Tensor, type AwqWeight, type Device } from '../dist';
+import { gitCommit } from './common';
 
 interface Row {
   K: number;
@@ -41,13 +41,6 @@ function option(name: string): string | undefined {
   return next !== undefined && !next.startsWith('--') ? next : '';
 }
 
-function gitCommit(): string {
-  try {
-    return execSync('git describe --always --dirty --abbrev=7', { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-  } catch {
-    return process.env.PAGEDLLM_COMMIT ?? 'unknown';
-  }
-}
 
 /** A deterministic xorshift fill: the values do not matter for the timing, only that none is NaN/Inf. */
 function fill32(n: number, seed: number): Int32Array {

@@ -11,32 +11,13 @@
  *   npm run bench:decode -- --model /models/llama-2-7b --device cuda --batches 1,8,64
  *   options: --prompt 128 --gen 32 --out benchmarks/results/decode-<device>-<date>.json
  */
-import { execFileSync, execSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 
 import { devices, Engine, makeTestModel, type EngineStep } from '../dist';
-
-function arg(name: string, fallback: string): string {
-  const i = process.argv.indexOf(`--${name}`);
-  return i > 0 && i + 1 < process.argv.length ? process.argv[i + 1]! : fallback;
-}
-
-function bandwidth(device: string): { what: string; bytesPerSecond: number } {
-  const bin = process.env.PAGEDLLM_BENCH_BIN ?? path.resolve(__dirname, '..', 'build', 'pagedllm_bench_attention');
-  const out = execFileSync(bin, ['--device', device.startsWith('cuda') ? 'cuda' : 'cpu', '--case', 'none', '--reps', '5'], { encoding: 'utf8' });
-  return (JSON.parse(out) as { bandwidth: { what: string; bytesPerSecond: number } }).bandwidth;
-}
-
-function gitCommit(): string {
-  try {
-    return execSync('git describe --always --dirty --abbrev=7', { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-  } catch {
-    return 'unknown';
-  }
-}
+import { arg, gitCommit, readBandwidth } from './common';
 
 async function main(): Promise<void> {
   const device = arg('device', devices().selected);
@@ -51,7 +32,7 @@ async function main(): Promise<void> {
     console.log('no --model: a random Llama-shaped model (hidden 1024, 8 layers, 16 heads / 4 KV heads, intermediate 2816, vocab 8192, float16)');
     await makeTestModel({ out: dir, hidden: 1024, layers: 8, heads: 16, kvHeads: 4, intermediate: 2816, vocab: 8192, dtype: 'float16', maxPositionEmbeddings: 1024, initStd: 0.02 });
   }
-  const bw = bandwidth(device);
+  const bw = readBandwidth(device);
   console.log(`${device}: ${bw.what} = ${(bw.bytesPerSecond / 1e9).toFixed(1)} GB/s`);
   const rows = [];
   for (const B of batches) {

@@ -23,12 +23,12 @@
  * 128 head size × 2 bytes = 512 KiB per token; the budget is 40 GiB (80 Ki tokens).
  * Waste ratios do not depend on these; the bytes are printed for scale.
  */
-import { execSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
 import { BlockManager, devices, type SequenceId } from '../dist';
+import { gitCommit } from './common';
 
 const BYTES_PER_TOKEN = 2 * 32 * 32 * 128 * 2;
 const KV_BUDGET_BYTES = 40 * 2 ** 30;
@@ -355,13 +355,6 @@ function decodeState(enablePrefixCaching: boolean): { blocks: BlockManager; toke
   return { blocks, tokenIds: [0] };
 }
 
-function gitCommit(): string {
-  try {
-    return execSync('git rev-parse --short HEAD', { encoding: 'utf8', stdio: ['ignore', 'pipe', 'ignore'] }).trim();
-  } catch {
-    return process.env.PAGEDLLM_COMMIT ?? 'unknown';
-  }
-}
 
 const GiB = 2 ** 30;
 const percent = (x: number): string => `${(100 * x).toFixed(2)}%`;

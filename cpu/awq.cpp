@@ -28,12 +28,6 @@ namespace {
 
 bool is_float(DType t) { return t == DType::Float32 || t == DType::Float16 || t == DType::BFloat16; }
 
-bool cpu_has_avx2() {
-  const CpuInfo info = cpu_info();
-  auto has = [&](const char* f) { return std::find(info.simd.begin(), info.simd.end(), f) != info.simd.end(); };
-  return has("avx2") && has("fma") && has("f16c");
-}
-
 void check_awq_linear(const AwqLinearArgs& a) {
   check_awq_weight(a.weight, "awq_linear");
   for (auto [t, name] : {std::pair{a.x_dtype, "x"}, std::pair{a.out_dtype, "out"}})
@@ -204,8 +198,7 @@ void dequantize_rows(const AwqDequantizeArgs& a, int64_t k0, int64_t k1) {
 // ---- entry points --------------------------------------------------------------------------------
 
 void awq_linear_cpu(const AwqLinearArgs& a, Stream& stream, CpuSimd simd) {
-  static const bool has_avx2 = cpu_has_avx2();
-  PAGEDLLM_CHECK(simd != CpuSimd::Avx2 || has_avx2, Unsupported, "awq_linear: this CPU lacks AVX2, FMA or F16C");
+  PAGEDLLM_CHECK(cpu_simd_supported(simd), Unsupported, "awq_linear: this CPU lacks AVX2, FMA or F16C");
   as_cpu_stream(stream).enqueue([a, simd] { run_awq_linear(a, simd); });
 }
 

@@ -3,6 +3,8 @@
 // feature the kernel does not save/restore is not reported).
 #include <unistd.h>
 
+#include <algorithm>
+#include <cstdlib>
 #include <fstream>
 #include <set>
 #include <sstream>
@@ -10,6 +12,8 @@
 #include <thread>
 
 #include "pagedllm/device.h"
+#include "pagedllm/model_ops.h"
+#include "thread_pool.h"
 
 #if defined(__x86_64__) || defined(__i386__)
 #include <cpuid.h>
@@ -69,7 +73,43 @@ uint64_t meminfo_kb(const std::string& key) {
   return 0;
 }
 
+// CPUID does not change while the process runs.
+const std::vector<std::string>& simd_features() {
+#if defined(__x86_64__) || defined(__i386__)
+  static const std::vector<std::string> features = x86_features();
+#elif defined(__aarch64__)
+  static const std::vector<std::string> features = {"neon"};
+#else
+  static const std::vector<std::string> features;
+#endif
+  return features;
+}
+
 }  // namespace
+
+bool cpu_simd_supported(CpuSimd simd) {
+  if (simd == CpuSimd::Portable) return true;
+  const std::vector<std::string>& f = simd_features();
+  auto has = [&](const char* name) { return std::find(f.begin(), f.end(), name) != f.end(); };
+  return has("avx2") && has("fma") && has("f16c");
+}
+
+std::vector<CpuSimd> cpu_simd_paths() {
+  std::vector<CpuSimd> paths = {CpuSimd::Portable};
+  if (cpu_simd_supported(CpuSimd::Avx2)) paths.push_back(CpuSimd::Avx2);
+  return paths;
+}
+
+CpuSimd cpu_simd() {
+  static const CpuSimd chosen = [] {
+    const char* env = std::getenv("PAGEDLLM_SIMD");
+    if (env && std::string(env) == "portable") return CpuSimd::Portable;
+    return cpu_simd_supported(CpuSimd::Avx2) ? CpuSimd::Avx2 : CpuSimd::Portable;
+  }();
+  return chosen;
+}
+
+const char* cpu_simd_name(CpuSimd simd) { return simd == CpuSimd::Avx2 ? "avx2" : "portable"; }
 
 void cpu_memory_info(uint64_t* free_bytes, uint64_t* total_bytes) {
   long pages = sysconf(_SC_PHYS_PAGES);
@@ -103,13 +143,15 @@ CpuInfo cpu_info() {
 
 #if defined(__x86_64__)
   info.arch = "x86_64";
-  info.simd = x86_features();
+  info.simd = simd_features();
 #elif defined(__aarch64__)
   info.arch = "aarch64";
-  info.simd = {"neon"};
+  info.simd = simd_features();
 #else
   info.arch = "unknown";
 #endif
+  info.simd_path = cpu_simd_name(cpu_simd());
+  info.threads = thread_count_for(info.physical_cores);
   return info;
 }
 

@@ -3,6 +3,7 @@
 #include <map>
 
 #include "pagedllm/error.h"
+#include "thread_pool.h"
 
 namespace pagedllm {
 
@@ -10,20 +11,18 @@ std::shared_ptr<Stream> create_cuda_stream(int device_index);  // cuda/cuda_stre
 
 // ---- CpuEvent ---------------------------------------------------------------
 
-bool CpuEvent::query() {
-  std::lock_guard<std::mutex> lock(mutex_);
-  return done_;
-}
+bool CpuEvent::query() { return done_.load(std::memory_order_acquire); }
 
 void CpuEvent::synchronize() {
+  if (spin_until([this] { return query(); })) return;
   std::unique_lock<std::mutex> lock(mutex_);
-  cv_.wait(lock, [this] { return done_; });
+  cv_.wait(lock, [this] { return query(); });
 }
 
 void CpuEvent::complete() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    done_ = true;
+    done_.store(true, std::memory_order_release);
   }
   cv_.notify_all();
 }
@@ -42,19 +41,34 @@ CpuStream::~CpuStream() {
 }
 
 void CpuStream::enqueue(std::function<void()> task) {
+  bool wake;
   {
     std::lock_guard<std::mutex> lock(mutex_);
     queue_.push_back(std::move(task));
+    enqueued_.fetch_add(1, std::memory_order_release);
+    wake = sleeping_;
   }
-  cv_.notify_one();
+  if (wake) cv_.notify_one();  // a spinning worker sees `enqueued_` move
 }
 
 void CpuStream::run() {
+  bool spun_out = false;
   for (;;) {
     std::function<void()> task;
     {
       std::unique_lock<std::mutex> lock(mutex_);
-      cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+      if (queue_.empty() && !stopping_) {
+        const uint64_t seen = enqueued_.load(std::memory_order_relaxed);
+        if (!spun_out) {  // poll a while first: the next op usually comes within microseconds
+          lock.unlock();
+          spun_out = !spin_until([&] { return enqueued_.load(std::memory_order_acquire) != seen; });
+          continue;
+        }
+        sleeping_ = true;
+        cv_.wait(lock, [this] { return stopping_ || !queue_.empty(); });
+        sleeping_ = false;
+      }
+      spun_out = false;
       if (queue_.empty()) return;  // stopping and drained
       task = std::move(queue_.front());
       queue_.pop_front();

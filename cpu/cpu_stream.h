@@ -1,6 +1,7 @@
 // The CPU stream: one worker thread running its queue in order (DESIGN.md §2).
 #pragma once
 
+#include <atomic>
 #include <condition_variable>
 #include <deque>
 #include <exception>
@@ -23,7 +24,7 @@ class CpuEvent final : public Event {
  private:
   std::mutex mutex_;
   std::condition_variable cv_;
-  bool done_ = false;
+  std::atomic<bool> done_{false};
 };
 
 class CpuStream final : public Stream {
@@ -48,6 +49,8 @@ class CpuStream final : public Stream {
   std::mutex mutex_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> queue_;
+  std::atomic<uint64_t> enqueued_{0};  // bumped (under mutex_) by each enqueue
+  bool sleeping_ = false;              // the worker waits on cv_ (under mutex_)
   bool stopping_ = false;
   std::exception_ptr error_;
   std::thread worker_;

@@ -33,12 +33,6 @@ namespace {
 
 bool is_float(DType t) { return t == DType::Float32 || t == DType::Float16 || t == DType::BFloat16; }
 
-bool cpu_has_avx2() {
-  const CpuInfo info = cpu_info();
-  auto has = [&](const char* f) { return std::find(info.simd.begin(), info.simd.end(), f) != info.simd.end(); };
-  return has("avx2") && has("fma") && has("f16c");
-}
-
 void check_linear(const LinearArgs& a) {
   for (auto [t, name] : {std::pair{a.x_dtype, "x"}, std::pair{a.weight_dtype, "weight"}, std::pair{a.out_dtype, "out"}})
     PAGEDLLM_CHECK(is_float(t), Unsupported, "linear: ", name, " dtype ", dtype_name(t),
@@ -153,24 +147,10 @@ void run_linear(const LinearArgs& a, CpuSimd simd) {
 
 }  // namespace
 
-// ---- SIMD choice -------------------------------------------------------------------------
-
-CpuSimd cpu_simd() {
-  static const CpuSimd chosen = [] {
-    const char* env = std::getenv("PAGEDLLM_SIMD");
-    if (env && std::string(env) == "portable") return CpuSimd::Portable;
-    return cpu_has_avx2() ? CpuSimd::Avx2 : CpuSimd::Portable;
-  }();
-  return chosen;
-}
-
-const char* cpu_simd_name(CpuSimd simd) { return simd == CpuSimd::Avx2 ? "avx2" : "portable"; }
-
 // ---- entry points ------------------------------------------------------------------------
 
 void linear_cpu(const LinearArgs& a, Stream& stream, CpuSimd simd) {
-  static const bool has_avx2 = cpu_has_avx2();
-  PAGEDLLM_CHECK(simd != CpuSimd::Avx2 || has_avx2, Unsupported, "linear: this CPU lacks AVX2, FMA or F16C");
+  PAGEDLLM_CHECK(cpu_simd_supported(simd), Unsupported, "linear: this CPU lacks AVX2, FMA or F16C");
   as_cpu_stream(stream).enqueue([a, simd] { run_linear(a, simd); });
 }
 

@@ -12,6 +12,7 @@
 #include "cpu_stream.h"
 #include "paged_attention_tile.h"
 #include "pagedllm/convert.h"
+#include "pagedllm/model_ops.h"
 #include "pagedllm/paged_attention.h"
 #include "thread_pool.h"
 
@@ -123,9 +124,7 @@ float cache_elem(const void* cache, const float* scales, KvCacheDType t, int64_t
 using TileFn = void (*)(const attention_cpu::TileJob&);
 
 TileFn choose_tile() {
-  const CpuInfo info = cpu_info();
-  auto has = [&](const char* f) { return std::find(info.simd.begin(), info.simd.end(), f) != info.simd.end(); };
-  return has("avx2") && has("fma") && has("f16c") ? attention_cpu::attention_tile_avx2 : attention_cpu::attention_tile_portable;
+  return cpu_simd() == CpuSimd::Avx2 ? attention_cpu::attention_tile_avx2 : attention_cpu::attention_tile_portable;
 }
 
 // One work item of the fast path.

@@ -1,5 +1,12 @@
 // ThreadPool: a queue of parallel_for jobs; each job hands out chunks through
 // an atomic counter, workers and the caller take chunks until none are left.
+//
+// Waiting spins before it sleeps (spin_until): a decode step is a hundred or so
+// parallel_for calls microseconds apart, and waking a thread through a futex
+// costs tens of microseconds on a VM, as much as a small GEMV. Idle workers
+// spin for PAGEDLLM_SPIN_US (default 200 µs) after their last job, then sleep
+// on a condition variable; a caller queues a job and notifies only when some
+// worker sleeps, and spins for its job's last chunk before it sleeps too.
 #include "thread_pool.h"
 
 #include <atomic>
@@ -26,6 +33,7 @@ struct Job {
   std::mutex error_mutex;
   std::exception_ptr error;
   std::atomic<bool> failed{false};
+  bool caller_sleeping = false;  // under the pool's mutex
 
   // Runs chunks until none are left; true when this call finished the last one.
   bool work() {
@@ -51,36 +59,71 @@ struct Job {
 
 struct ThreadPool::Impl {
   std::mutex mutex;
-  std::condition_variable work_ready;  // workers wait here for jobs
-  std::condition_variable job_done;    // callers wait here for their job's last chunk
+  std::condition_variable work_ready;  // sleeping workers wait here for jobs
+  std::condition_variable job_done;    // callers that stopped spinning wait here for their job's last chunk
   std::deque<std::shared_ptr<Job>> jobs;
+  std::atomic<uint64_t> posted{0};     // bumped (under `mutex`) each time a job is queued
+  int sleepers = 0;                    // workers waiting on work_ready (under `mutex`)
   std::vector<std::thread> workers;
   bool stopping = false;
 
+  // The front job with chunks left (dropping handed-out ones); null if none. Under `mutex`.
+  std::shared_ptr<Job> take() {
+    while (!jobs.empty()) {
+      if (jobs.front()->next.load(std::memory_order_relaxed) < jobs.front()->chunks) return jobs.front();
+      jobs.pop_front();
+    }
+    return nullptr;
+  }
+
+  void finished(Job& job) {
+    std::lock_guard<std::mutex> lock(mutex);
+    if (job.caller_sleeping) job_done.notify_all();
+  }
+
   void worker_loop() {
-    std::unique_lock<std::mutex> lock(mutex);
+    bool spun_out = false;
     for (;;) {
-      work_ready.wait(lock, [&] { return stopping || !jobs.empty(); });
-      if (stopping) return;
-      std::shared_ptr<Job> job = jobs.front();
-      if (job->next.load(std::memory_order_relaxed) >= job->chunks) {  // handed out: drop it from the queue
-        jobs.pop_front();
+      std::shared_ptr<Job> job;
+      uint64_t seen;
+      {
+        std::unique_lock<std::mutex> lock(mutex);
+        for (;;) {
+          if (stopping) return;
+          job = take();
+          seen = posted.load(std::memory_order_relaxed);
+          if (job || !spun_out) break;
+          ++sleepers;
+          work_ready.wait(lock, [&] { return stopping || posted.load(std::memory_order_relaxed) != seen; });
+          --sleepers;
+          spun_out = false;
+        }
+      }
+      if (job) {
+        if (job->work()) finished(*job);
         continue;
       }
-      lock.unlock();
-      const bool last = job->work();
-      lock.lock();
-      if (last) job_done.notify_all();
+      spun_out = !spin_until([&] { return posted.load(std::memory_order_acquire) != seen; });
     }
   }
 };
 
-int default_thread_count() {
+int spin_microseconds() {
+  static const int us = [] {
+    const char* env = std::getenv("PAGEDLLM_SPIN_US");
+    const int v = env && *env ? std::atoi(env) : 200;
+    return v < 0 ? 0 : v > 100000 ? 100000 : v;
+  }();
+  return us;
+}
+
+int default_thread_count() { return thread_count_for(cpu_info().physical_cores); }
+
+int thread_count_for(int physical) {
   if (const char* env = std::getenv("PAGEDLLM_THREADS")) {
     const int n = std::atoi(env);
     if (n >= 1) return n > 1024 ? 1024 : n;
   }
-  const int physical = cpu_info().physical_cores;
   return physical > 0 ? physical : static_cast<int>(std::thread::hardware_concurrency() ? std::thread::hardware_concurrency() : 1);
 }
 
@@ -122,13 +165,22 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
   {
     std::lock_guard<std::mutex> lock(impl_->mutex);
     impl_->jobs.push_back(job);
+    impl_->posted.fetch_add(1, std::memory_order_release);
+    // Spinning workers see `posted` move; only sleeping ones need the (costly) wake.
+    if (impl_->sleepers > 0) {
+      if (chunks == 2) impl_->work_ready.notify_one();
+      else impl_->work_ready.notify_all();
+    }
   }
-  if (chunks == 2) impl_->work_ready.notify_one();
-  else impl_->work_ready.notify_all();
   job->work();
+  auto all_done = [&] { return job->done.load(std::memory_order_acquire) == job->chunks; };
+  const bool done = spin_until(all_done);
   {
     std::unique_lock<std::mutex> lock(impl_->mutex);
-    impl_->job_done.wait(lock, [&] { return job->done.load(std::memory_order_acquire) == job->chunks; });
+    if (!done) {
+      job->caller_sleeping = true;
+      impl_->job_done.wait(lock, all_done);
+    }
     for (auto it = impl_->jobs.begin(); it != impl_->jobs.end(); ++it)
       if (*it == job) {
         impl_->jobs.erase(it);

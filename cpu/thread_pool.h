@@ -7,6 +7,7 @@
 // and a nested call cannot deadlock (its caller does all the work if it must).
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <functional>
 
@@ -34,5 +35,35 @@ class ThreadPool {
 
 // The pool size that global() uses: PAGEDLLM_THREADS, else physical cores.
 int default_thread_count();
+// The same for a machine of `physical_cores` (what cpu_info() reports).
+int thread_count_for(int physical_cores);
+
+// How long a thread that runs out of work polls for more before it sleeps: PAGEDLLM_SPIN_US,
+// default 200 (0: sleep at once; at most 100000).
+int spin_microseconds();
+
+inline void cpu_relax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#elif defined(__aarch64__)
+  asm volatile("yield");
+#endif
+}
+
+// Polls `ready` for up to spin_microseconds(); true as soon as it holds, false if time ran out.
+template <typename Ready>
+bool spin_until(Ready&& ready) {
+  if (ready()) return true;
+  const auto limit = std::chrono::microseconds(spin_microseconds());
+  if (limit.count() == 0) return false;
+  const auto deadline = std::chrono::steady_clock::now() + limit;
+  for (;;) {
+    for (int i = 0; i < 64; ++i) {
+      cpu_relax();
+      if (ready()) return true;
+    }
+    if (std::chrono::steady_clock::now() >= deadline) return ready();
+  }
+}
 
 }  // namespace pagedllm

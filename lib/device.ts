@@ -22,6 +22,10 @@ export interface CpuDeviceInfo {
   availableMemory: number;
   /** SIMD features this process can use (CPUID and OS support), e.g. `['avx2', 'fma', 'f16c']`. */
   simd: string[];
+  /** The kernels CPU ops run: `'avx2'` (AVX2 + FMA + F16C) or `'portable'`; `PAGEDLLM_SIMD=portable` forces the latter. */
+  simdPath: 'avx2' | 'portable';
+  /** Threads CPU ops use (one pool per process): `PAGEDLLM_THREADS`, else the physical cores. */
+  threads: number;
 }
 
 export interface CudaDeviceInfo {

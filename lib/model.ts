@@ -16,13 +16,15 @@ import * as path from 'node:path';
 
 import { pagedAttention, uploadAttentionMetadata } from './attention';
 import { type DeviceSpec } from './device';
-import { type DType } from './dtype';
+import { dtypeCode, type DType } from './dtype';
 import { awqGroupSize, checkAwqTensors, isAwqSkipped, parseAwqConfig, type AwqConfig } from './awq';
 import { InvalidArgumentError, ModelFormatError, UnsupportedError } from './errors';
 import { readJsonObject, type JsonObject } from './json-file';
-import { type KvCache } from './kv-cache';
+import { kvDtypeCode, type KvCache } from './kv-cache';
+import { native, type NativeBufferHandle, type NativeDecoderHandle } from './native';
 import { awqLinear, embedding, linear, rmsNorm, rope, ropeInvFreq, siluMul, type AwqWeight, type LinearOptions, type RopeConfig } from './ops';
 import { dtypeToSafetensors, SafetensorsCheckpoint, type LoadProgress } from './safetensors';
+import { type Stream } from './stream';
 import { Tensor } from './tensor';
 
 export type ModelArchitecture = 'LlamaForCausalLM' | 'MistralForCausalLM' | 'Qwen2ForCausalLM';
@@ -152,6 +154,12 @@ export interface ForwardOptions {
    * memory) and read it once the step is done.
    */
   capture?: (name: string, input: Tensor) => void;
+  /**
+   * How the step's ops are issued: `'native'` (default) builds the whole step in one native call
+   * (include/pagedllm/decoder.h); `'ops'` calls each op from JS. Same kernels in the same order,
+   * so the logits are identical; `'ops'` is the readable reference, and the one `capture` uses.
+   */
+  composition?: 'native' | 'ops';
 }
 
 export interface LoadOptions {
@@ -177,6 +185,8 @@ export class Model {
   private readonly norm: Tensor;
   private readonly lmHead: Tensor;
   private readonly invFreq: Float32Array;
+  // The native decoder (built at the first native forward) and what it was built with.
+  private decoder: { handle: NativeDecoderHandle; invFreq: Tensor; synced: Set<Stream> } | null = null;
 
   private constructor(config: LlamaConfig, weights: Map<string, Tensor>, dtype: DType, file: string) {
     this.config = config;
@@ -289,6 +299,11 @@ export class Model {
     }
     const capture = options.capture;
     if (capture !== undefined && typeof capture !== 'function') throw new InvalidArgumentError('forward: options.capture must be a function');
+    const composition = options.composition ?? 'native';
+    if (composition !== 'native' && composition !== 'ops') throw new InvalidArgumentError(`forward: options.composition must be 'native' or 'ops', got ${String(composition)}`);
+    const rows = batch.logitRows ? Int32Array.from(batch.logitRows) : null;
+    if (rows) for (const r of rows) if (!Number.isInteger(r) || r < 0 || r >= T) throw new InvalidArgumentError(`forward: logit row ${r} is outside the batch (${T} tokens)`);
+    if (composition === 'native' && !capture) return this.forwardNative(cache, batch, rows);
     const stream = cache.stream;
     const opts = { stream };
     const temps: Array<{ dispose(): void }> = [];  // freed at the end, in stream order
@@ -334,8 +349,6 @@ export class Model {
         delta = keep(project(act, w.down, null));
       }
       const final = keep(rmsNorm(delta!, this.norm, c.rmsNormEps, { residual }));
-      const rows = batch.logitRows ? Int32Array.from(batch.logitRows) : null;
-      if (rows) for (const r of rows) if (r < 0 || r >= T) throw new InvalidArgumentError(`forward: logit row ${r} is outside the batch (${T} tokens)`);
       const picked = rows ? keep(embedding(keep(Tensor.fromArray(rows, [rows.length], opts)), final)) : final;
       return linear(picked, this.lmHead, null, { dtype: 'float32' });
     } finally {
@@ -343,8 +356,111 @@ export class Model {
     }
   }
 
+  /** forward() through the native decoder: the same ops, issued by one native call. */
+  private forwardNative(cache: KvCache, batch: ForwardBatch, rows: Int32Array | null): Tensor {
+    const c = this.config;
+    const T = batch.tokenIds.length;
+    const stream = cache.stream;
+    const decoder = this.nativeDecoder(stream);
+    const opts = { stream };
+    const temps: Array<{ dispose(): void }> = [];
+    try {
+      // ids, positions, slots and logit rows in one upload.
+      const R = rows ? rows.length : 0;
+      const packed = new Int32Array(3 * T + R);
+      packed.set(batch.tokenIds, 0);
+      packed.set(batch.positions, T);
+      packed.set(batch.slotMapping, 2 * T);
+      if (rows) packed.set(rows, 3 * T);
+      const ints = Tensor.fromArray(packed, [packed.length], opts);
+      temps.push(ints);
+      const meta = uploadAttentionMetadata(cache, T, { blockTables: batch.blockTables, seqLens: batch.seqLens, cuSeqLensQ: batch.cuSeqLensQ, slidingWindow: c.slidingWindow });
+      temps.push(meta);
+      const [numSeqs, maxBlocksPerSeq] = meta.blockTables.shape as [number, number];
+      const workspace = Tensor.empty([native().decoderWorkspaceBytes(decoder, T, R || T)], { dtype: 'uint8', stream, category: 'activations' });
+      temps.push(workspace);
+      const logits = Tensor.empty([R || T, c.vocabSize], { dtype: 'float32', stream, category: 'activations' });
+      try {
+        const [h, off] = ints.nativeRegion();
+        const at = (i: number): [NativeBufferHandle, number] => [h, off + 4 * i];
+        const optional = (t: Tensor | undefined | null): [NativeBufferHandle | null, number] => (t ? t.nativeRegion() : [null, 0]);
+        const cacheRegions: Array<NativeBufferHandle | number | null> = [];
+        for (const l of cache.layers) cacheRegions.push(...l.key.nativeRegion(), ...l.value.nativeRegion(), ...optional(l.keyScales), ...optional(l.valueScales));
+        native().decoderForward(
+          decoder, stream.handle, T, numSeqs, maxBlocksPerSeq, meta.maxSeqLen, meta.maxQueryLen, R, kvDtypeCode(cache.kvDtype),
+          { numBlocks: cache.numBlocks, numKvHeads: cache.numKvHeads, blockSize: cache.blockSize, headSize: cache.headSize },
+          ...at(0), ...at(T), ...at(2 * T), ...meta.blockTables.nativeRegion(), ...meta.seqLens.nativeRegion(), ...optional(meta.cuSeqLensQ),
+          ...(rows ? at(3 * T) : [null, 0]), ...workspace.nativeRegion(), ...logits.nativeRegion(), ...cacheRegions,
+        );
+      } catch (error) {
+        logits.dispose();
+        throw error;
+      }
+      return logits;
+    } finally {
+      for (const t of temps) t.dispose();  // stream-ordered: freed after the step
+    }
+  }
+
+  /** The native decoder over this model's weights, ordered after their streams on `stream`. */
+  private nativeDecoder(stream: Stream): NativeDecoderHandle {
+    const c = this.config;
+    if (!this.decoder) {
+      const invFreq = Tensor.fromArray(this.invFreq, [this.invFreq.length], { stream });
+      try {
+        const n = native();
+        const handle = n.createDecoder(
+          stream.handle, c.hiddenSize, c.numHeads, c.numKvHeads, c.headDim, c.intermediateSize, c.vocabSize, c.numLayers,
+          dtypeCode(this.dtype), dtypeCode(this.embed.dtype), dtypeCode(this.norm.dtype), dtypeCode(this.lmHead.dtype),
+          2 * this.invFreq.length, c.slidingWindow ?? 0, c.rmsNormEps, 1 / Math.sqrt(c.headDim),
+          ...this.embed.nativeRegion(), ...this.norm.nativeRegion(), ...this.lmHead.nativeRegion(), ...invFreq.nativeRegion(),
+        );
+        const none: [null, number] = [null, 0];
+        const projection = (w: Projection, bias: Tensor | null): Array<number | NativeBufferHandle | null> => {
+          const b = bias ? bias.nativeRegion() : none;
+          const biasDtype = dtypeCode(bias?.dtype ?? 'float32');
+          if (w instanceof Tensor) return [0, dtypeCode(w.dtype), 0, biasDtype, ...w.nativeRegion(), ...none, ...none, ...none, ...b];
+          const G = w.groupSize === -1 ? w.qweight.shape[0]! : w.groupSize;
+          return [1, dtypeCode('float16'), G, biasDtype, ...none, ...w.qweight.nativeRegion(), ...w.qzeros.nativeRegion(), ...w.scales.nativeRegion(), ...b];
+        };
+        this.layers.forEach((w, l) => {
+          if (w.inputNorm.dtype !== w.postNorm.dtype) throw new UnsupportedError('forward: the two norms of a layer have different dtypes');
+          n.decoderSetLayer(
+            handle, stream.handle, l, dtypeCode(w.inputNorm.dtype), ...w.inputNorm.nativeRegion(), ...w.postNorm.nativeRegion(),
+            ...projection(w.q, w.qBias), ...projection(w.k, w.kBias), ...projection(w.v, w.vBias), ...projection(w.o, null),
+            ...projection(w.gate, null), ...projection(w.up, null), ...projection(w.down, null),
+          );
+        });
+        this.decoder = { handle, invFreq, synced: new Set() };
+      } catch (error) {
+        invFreq.dispose();
+        throw error;
+      }
+    }
+    if (!this.decoder.synced.has(stream)) {
+      // The weights may have been written on other streams (the loader's): order this one after them once.
+      const others = new Set<Stream>([this.decoder.invFreq.stream]);
+      for (const t of this.weights!.values()) others.add(t.stream);
+      others.delete(stream);
+      for (const s of others) stream.wait(s.record());
+      this.decoder.synced.add(stream);
+    }
+    return this.decoder.handle;
+  }
+
   dispose(): void {
     if (!this.weights) return;
+    if (this.decoder) {
+      // Weights are freed in their own streams' order: after the steps other streams ran on them.
+      const streams = new Set<Stream>();
+      for (const t of this.weights.values()) streams.add(t.stream);
+      for (const used of this.decoder.synced) {
+        const done = used.record();
+        for (const s of streams) if (s !== used) s.wait(done);
+      }
+      this.decoder.invFreq.dispose();
+      this.decoder = null;
+    }
     for (const t of this.weights.values()) t.dispose();
     this.weights = null;
   }

@@ -17,6 +17,7 @@ export type NativeBufferHandle = { readonly [handleBrand]: 'buffer' };
 export type NativeStreamHandle = { readonly [handleBrand]: 'stream' };
 export type NativeEventHandle = { readonly [handleBrand]: 'event' };
 export type NativeMemoryResourceHandle = { readonly [handleBrand]: 'memory-resource' };
+export type NativeDecoderHandle = { readonly [handleBrand]: 'decoder' };
 
 export interface NativeCpuInfo {
   logicalCores: number;
@@ -26,6 +27,8 @@ export interface NativeCpuInfo {
   arch: string;
   modelName: string;
   simd: string[];
+  simdPath: 'avx2' | 'portable';
+  threads: number;
 }
 
 export interface NativeCudaDeviceInfo {
@@ -192,6 +195,12 @@ export interface NativeBinding {
   ): void;
   /** The CPU kernels' instruction set (PAGEDLLM_SIMD=portable forces 'portable'). */
   cpuSimd(): 'avx2' | 'portable';
+
+  /** The native decoder step (include/pagedllm/decoder.h, addon/decoder.cpp; argument order there). */
+  createDecoder(stream: NativeStreamHandle, ...args: Array<number | NativeBufferHandle>): NativeDecoderHandle;
+  decoderSetLayer(decoder: NativeDecoderHandle, stream: NativeStreamHandle, ...args: Array<number | NativeBufferHandle | null>): void;
+  decoderWorkspaceBytes(decoder: NativeDecoderHandle, numTokens: number, numLogitRows: number): number;
+  decoderForward(decoder: NativeDecoderHandle, stream: NativeStreamHandle, ...args: Array<number | object | NativeBufferHandle | null>): void;
 
   defaultMemoryResource(kind: NativeDeviceKind, index: number): NativeMemoryResourceHandle;
   createMemoryResource(

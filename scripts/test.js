@@ -35,9 +35,9 @@ function run(command, args, options = {}) {
   return spawnSync(command, args, { cwd: root, encoding: 'utf8', stdio: 'inherit', ...options });
 }
 
-function nativeTests(label, executable) {
+function nativeTests(label, executable, env = {}) {
   if (!fs.existsSync(executable)) return fail(label, `${path.relative(root, executable)} was not built`);
-  const result = run(executable, [], { stdio: ['ignore', 'pipe', 'inherit'] });
+  const result = run(executable, [], { stdio: ['ignore', 'pipe', 'inherit'], env: { ...process.env, ...env } });
   process.stdout.write(result.stdout ?? '');
   const match = summaryLine.exec(result.stdout ?? '');
   if (!match) return fail(label, `no summary line (exit ${result.status}, signal ${result.signal})`);
@@ -70,6 +70,8 @@ function buildStep(label, command, args, options) {
 
 // The main build: `npm run build` (cmake-js; CUDA compiled when nvcc exists).
 nativeTests('native', path.join(root, 'build', 'pagedllm_tests'));
+// Every CPU op again on the portable kernels (the run above takes the best path this CPU has).
+nativeTests('native, PAGEDLLM_SIMD=portable', path.join(root, 'build', 'pagedllm_tests'), { PAGEDLLM_SIMD: 'portable' });
 jestTests('jest');
 
 if (process.env.PAGEDLLM_TEST_VARIANTS === '1') {

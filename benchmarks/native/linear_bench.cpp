@@ -3,7 +3,8 @@
 // int4 linear (include/pagedllm/awq.h, group size 128) at M = 1, 8, 128 on K × N = 4096 × 4096 and
 // 4096 × 11008, each beside the float16 linear of the same shape.
 //
-//   pagedllm_bench_linear [--device cpu|cuda] [--reps N] [--only dense|awq] [--awq-m 1,8,128]
+//   pagedllm_bench_linear [--device cpu|cuda] [--reps N] [--n N] [--k K] [--only dense|awq] [--awq-m 1,8,128]
+//   (--n/--k: one shape for both parts instead of the defaults)
 //
 // AWQ rows count as weight bytes the packed tensors read per call (qweight + qzeros + scales;
 // 4.2 bits per weight at G = 128) and rotate through enough copies (≥ 128 MiB) that no call finds
@@ -84,11 +85,11 @@ double time_calls(const std::shared_ptr<Stream>& stream, int reps, F&& run) {
 
 // AWQ int4 (G = 128) against float16 on K × N, M = 1, 8, 128, every CPU SIMD path (or CUDA).
 void awq_cases(const std::shared_ptr<Stream>& stream, const std::vector<std::pair<std::string, CpuSimd>>& paths, int reps,
-               const std::vector<int64_t>& ms, std::vector<AwqRow>& rows) {
+               const std::vector<int64_t>& ms, const std::vector<std::pair<int64_t, int64_t>>& shapes, std::vector<AwqRow>& rows) {
   const bool cuda = !stream->device().is_cpu();
   const int64_t G = 128;
   std::mt19937 rng(7);
-  for (auto [K, N] : {std::pair<int64_t, int64_t>{4096, 4096}, {4096, 11008}}) {
+  for (auto [K, N] : shapes) {
     const size_t qw = K * N / 2, qz = (K / G) * N / 2, sc = (K / G) * N * 2, f16 = K * N * 2;
     const size_t awq_bytes = qw + qz + sc;
     const int64_t copies = (size_t(128) << 20) / awq_bytes + 1, f16_copies = (size_t(128) << 20) / f16 + 1;
@@ -142,9 +143,13 @@ int main(int argc, char** argv) {
   std::string only;
   std::vector<int64_t> awq_ms = {1, 8, 128};
   int reps = 15;
+  int64_t N = 4096, K = 4096;
+  bool shape_given = false;
   for (int i = 1; i < argc; ++i) {
     const std::string a = argv[i];
     if (a == "--device" && i + 1 < argc) device = argv[++i];
+    else if (a == "--n" && i + 1 < argc) N = std::max(1L, std::atol(argv[++i])), shape_given = true;
+    else if (a == "--k" && i + 1 < argc) K = std::max(1L, std::atol(argv[++i])), shape_given = true;
     else if (a == "--reps" && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
     else if (a == "--only" && i + 1 < argc) only = argv[++i];
     else if (a == "--awq-m" && i + 1 < argc) {
@@ -156,7 +161,7 @@ int main(int argc, char** argv) {
       }
     }
     else {
-      std::fprintf(stderr, "usage: %s [--device cpu|cuda] [--reps N] [--only dense|awq] [--awq-m 1,8,128]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--device cpu|cuda] [--reps N] [--n N] [--k K] [--only dense|awq] [--awq-m 1,8,128]\n", argv[0]);
       return 2;
     }
   }
@@ -174,7 +179,8 @@ int main(int argc, char** argv) {
 #endif
   if (!cuda) bandwidth = measure_bandwidth(stream, 7);
 
-  const int64_t N = 4096, K = 4096, copies = 4;
+  // Enough copies of the weight that each rep reads it from memory, not from the last level cache.
+  const int64_t copies = std::max<int64_t>(4, (256ll << 20) / (N * K * 2) + 1);
   const size_t weight_bytes = static_cast<size_t>(N * K) * 2;
   std::vector<uint16_t> host(N * K);
   std::mt19937 rng(1);
@@ -238,7 +244,10 @@ int main(int argc, char** argv) {
       }
 
   std::vector<AwqRow> awq_rows;
-  if (only != "dense") awq_cases(stream, paths, reps, awq_ms, awq_rows);
+  // AWQ shapes: K × N of --k/--n (K a multiple of 128), else Llama-7B's attention and MLP.
+  std::vector<std::pair<int64_t, int64_t>> awq_shapes = {{4096, 4096}, {4096, 11008}};
+  if (shape_given) awq_shapes = {{K, N}};
+  if (only != "dense") awq_cases(stream, paths, reps, awq_ms, awq_shapes, awq_rows);
 
   std::printf("%-9s %5s %-8s %10s %12s %8s %10s\n", "path", "M", "x", "median ms", "weight GB/s", "of bw", "GFLOP/s");
   for (const Row& r : rows)

@@ -27,6 +27,8 @@ struct CpuInfo {
   std::string arch;               // "x86_64", "aarch64", ...
   std::string model_name;
   std::vector<std::string> simd;  // features usable by this process (OS support checked): "avx2", "fma", ...
+  std::string simd_path;          // the kernels the CPU ops run: "avx2" or "portable" (PAGEDLLM_SIMD forces one)
+  int threads = 0;                // the CPU ops' thread pool size (PAGEDLLM_THREADS, else physical cores)
 };
 
 struct CudaDeviceInfo {

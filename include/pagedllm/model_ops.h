@@ -16,6 +16,7 @@
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "pagedllm/dtype.h"
 #include "pagedllm/stream.h"
@@ -160,11 +161,16 @@ void linear(const LinearArgs& args, Stream& stream);
 void linear_cpu(const LinearArgs& args, Stream& stream);
 void linear_cuda(const LinearArgs& args, Stream& stream);
 
-// The CPU kernels' instruction set. Chosen at first use: AVX2 (+FMA, F16C) when the CPU and OS
-// support it, else portable C++; PAGEDLLM_SIMD=portable in the environment forces portable.
+// The CPU kernels' instruction set, one choice for every CPU op (linear, awq_linear, paged
+// attention). Chosen at first use: AVX2 (+FMA, F16C) when the CPU and OS support it, else portable
+// C++; PAGEDLLM_SIMD=portable in the environment forces portable (PAGEDLLM_SIMD=avx2 asks for AVX2
+// and gets portable on a CPU without it: never an instruction the CPU lacks).
 enum class CpuSimd { Portable, Avx2 };
 CpuSimd cpu_simd();
 const char* cpu_simd_name(CpuSimd simd);
+// Whether this CPU (and OS) can run `simd`; and every path it can run, portable first.
+bool cpu_simd_supported(CpuSimd simd);
+std::vector<CpuSimd> cpu_simd_paths();
 // linear_cpu on a given path (tests and benchmarks compare both); ERR_UNSUPPORTED for Avx2 on a CPU
 // without it.
 void linear_cpu(const LinearArgs& args, Stream& stream, CpuSimd simd);

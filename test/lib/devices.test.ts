@@ -37,6 +37,11 @@ describe('devices()', () => {
     expect(cpu.simd.every((s) => typeof s === 'string' && s.length > 0)).toBe(true);
     expect(new Set(cpu.simd).size).toBe(cpu.simd.length);
     if (process.arch === 'x64') expect(cpu.simd).toContain('sse2'); // x86-64 baseline
+    // The kernels chosen: AVX2 only where AVX2, FMA and F16C are all usable (or portable if forced).
+    const avx2 = ['avx2', 'fma', 'f16c'].every((f) => cpu.simd.includes(f));
+    expect(cpu.simdPath).toBe(avx2 && process.env.PAGEDLLM_SIMD !== 'portable' ? 'avx2' : 'portable');
+    expect(Number.isInteger(cpu.threads) && cpu.threads >= 1).toBe(true);
+    if (process.env.PAGEDLLM_THREADS === undefined) expect(cpu.threads).toBe(cpu.physicalCores);
   });
 
   test('build', () => {

@@ -195,6 +195,48 @@ const variants: Array<[string, Omit<TestModelOptions, 'out'>]> = [
   ['llama, float16 storage, 2 shards', { ...base, arch: 'llama', dtype: 'float16', shards: 2, seed: 8 }],
 ];
 
+/** Logits of a mixed step (a 7-token prefill chunk and a decode row, two logit rows) and a decode step. */
+async function twoSteps(model: Model, composition: 'native' | 'ops', kvDtype: 'float32' | 'float16' = 'float16'): Promise<Float32Array[]> {
+  const cache = new KvCache({ ...model.kvCacheShape(), numBlocks: 8, blockSize: 16, kvDtype });
+  const blocks = new BlockManager({ numBlocks: 8, blockSize: 16 });
+  const out: Float32Array[] = [];
+  const step = async (batch: Parameters<Model['forward']>[1]): Promise<void> => {
+    const logits = model.forward(cache, batch, { composition });
+    out.push((await logits.toArray()) as Float32Array);
+    logits.dispose();
+  };
+  const sb = blocks.allocateSlots('b', 3)!;
+  await step({ tokenIds: Int32Array.of(2, 4, 6), positions: Int32Array.of(0, 1, 2), slotMapping: sb.slotMapping, blockTables: [[...blocks.blockTable('b')]], seqLens: [3], cuSeqLensQ: [0, 3] });
+  const sa = blocks.allocateSlots('a', 7)!;
+  const sb2 = blocks.allocateSlots('b', 1)!;
+  await step({
+    tokenIds: Int32Array.of(1, 5, 9, 13, 17, 21, 25, 8), positions: Int32Array.of(0, 1, 2, 3, 4, 5, 6, 3),
+    slotMapping: Int32Array.from([...sa.slotMapping, ...sb2.slotMapping]),
+    blockTables: [[...blocks.blockTable('a')], [...blocks.blockTable('b')]], seqLens: [7, 4], cuSeqLensQ: [0, 7, 8], logitRows: [6, 7],
+  });
+  const sa2 = blocks.allocateSlots('a', 1)!, sb3 = blocks.allocateSlots('b', 1)!;
+  await step({
+    tokenIds: Int32Array.of(30, 31), positions: Int32Array.of(7, 4), slotMapping: Int32Array.from([...sa2.slotMapping, ...sb3.slotMapping]),
+    blockTables: [[...blocks.blockTable('a')], [...blocks.blockTable('b')]], seqLens: [8, 5],
+  });
+  cache.dispose();
+  return out;
+}
+
+/** The native decoder issues the per-op path's kernels in the same order: bit-identical logits. */
+async function expectCompositionsIdentical(model: Model): Promise<void> {
+  const [native, ops] = [await twoSteps(model, 'native'), await twoSteps(model, 'ops')];
+  expect(native.map((l) => l.length)).toEqual(ops.map((l) => l.length));
+  native.forEach((l, i) => {
+    let differing = 0;
+    for (let j = 0; j < l.length; j++) if (!Object.is(l[j], ops[i]![j])) differing++;
+    expect(`step ${i}: ${differing} of ${l.length} logits differ`).toBe(`step ${i}: 0 of ${l.length} logits differ`);
+  });
+  // Not a vacuous comparison: the two sequences' logits differ.
+  const V = model.config.vocabSize;
+  expect(Array.from(native[2]!.subarray(0, 8))).not.toEqual(Array.from(native[2]!.subarray(V, V + 8)));
+}
+
 describe.each(variants)('%s', (name, options) => {
   const dir = path.join(tmp, name.replace(/[^a-z0-9]+/gi, '-'));
   let model: Model;
@@ -278,6 +320,10 @@ describe.each(variants)('%s', (name, options) => {
       const want = Array.from(apart[i]!);
       expectLogitsClose(together[i]!, want, `sequence ${i}`);
     }
+  });
+
+  test('the native decoder and the per-op composition give bit-identical logits', async () => {
+    await expectCompositionsIdentical(model);
   });
 });
 
@@ -393,6 +439,10 @@ describe.each(awqVariants)('%s', (name, options) => {
       next = argmax(full[tokens.length - 1]!);
     }
     cache.dispose();
+  });
+
+  test('the native decoder and the per-op composition give bit-identical logits', async () => {
+    await expectCompositionsIdentical(model);
   });
 });
 

@@ -25,13 +25,7 @@ std::shared_ptr<Stream> cpu() { return default_stream(Device{DeviceKind::Cpu, 0}
 
 constexpr DType kFloats[] = {DType::Float32, DType::Float16, DType::BFloat16};
 
-std::vector<CpuSimd> simd_paths() {
-  const CpuInfo info = cpu_info();
-  auto has = [&](const char* f) { return std::find(info.simd.begin(), info.simd.end(), f) != info.simd.end(); };
-  std::vector<CpuSimd> paths = {CpuSimd::Portable};
-  if (has("avx2") && has("fma") && has("f16c")) paths.push_back(CpuSimd::Avx2);
-  return paths;
-}
+std::vector<CpuSimd> simd_paths() { return cpu_simd_paths(); }
 
 HostTensor dequantize(const AwqWeight& w, DType dtype) {
   HostTensor out(dtype, w.in_features * w.out_features);

@@ -21,18 +21,7 @@ std::shared_ptr<Stream> cpu() { return default_stream(Device{DeviceKind::Cpu, 0}
 
 constexpr DType kFloats[] = {DType::Float32, DType::Float16, DType::BFloat16};
 
-bool cpu_has_avx2() {
-  const CpuInfo info = cpu_info();
-  auto has = [&](const char* f) { return std::find(info.simd.begin(), info.simd.end(), f) != info.simd.end(); };
-  return has("avx2") && has("fma") && has("f16c");
-}
-
-// The SIMD paths this machine can run (portable always).
-std::vector<CpuSimd> simd_paths() {
-  std::vector<CpuSimd> paths = {CpuSimd::Portable};
-  if (cpu_has_avx2()) paths.push_back(CpuSimd::Avx2);
-  return paths;
-}
+std::vector<CpuSimd> simd_paths() { return cpu_simd_paths(); }
 
 HostTensor run_linear(const test::LinearCase& c, CpuSimd simd) {
   HostTensor out = c.make_out();
@@ -220,7 +209,7 @@ TEST(cpu_linear_decode_and_prefill_shapes) {
 
 TEST(cpu_linear_dispatch_uses_the_chosen_path) {
   const CpuSimd chosen = cpu_simd();
-  CHECK(chosen == CpuSimd::Portable || cpu_has_avx2(), "avx2 chosen on a CPU without it");
+  CHECK(cpu_simd_supported(chosen), "avx2 chosen on a CPU without it");
   const char* env = std::getenv("PAGEDLLM_SIMD");
   if (env && std::string(env) == "portable") CHECK(chosen == CpuSimd::Portable, "PAGEDLLM_SIMD=portable ignored");
   const test::LinearCase c(DType::Float32, DType::Float16, DType::Float32, true, 5, 40, 70, false, 77);

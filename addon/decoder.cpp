@@ -1,0 +1,173 @@
+// The native decoder step (include/pagedllm/decoder.h) from JS. lib/model.ts validates the model
+// and the batch; here every buffer range is checked against its buffer once more (weights when
+// the decoder is built, the step's buffers on every call), and the ops check their arguments.
+#include <memory>
+#include <string>
+
+#include "binding.h"
+#include "pagedllm/decoder.h"
+#include "pagedllm/error.h"
+
+namespace pagedllm::addon {
+
+namespace {
+
+constexpr napi_type_tag kDecoderTag = {0x4e7a1c3b9d2f5a86ULL, 0x1b8d6e3f2a9c7e45ULL};
+
+DecoderModel& unwrap_decoder(const Napi::CallbackInfo& info, size_t i) {
+  if (i >= info.Length() || !info[i].IsExternal() || !info[i].As<Napi::External<DecoderModel>>().CheckTypeTag(&kDecoderTag))
+    throw make_error(info.Env(), "ERR_INVALID_ARGUMENT", "expected a native decoder handle");
+  return *info[i].As<Napi::External<DecoderModel>>().Data();
+}
+
+DType arg_dtype(const Napi::CallbackInfo& info, size_t i, const char* name) {
+  return dtype_from_int(static_cast<int32_t>(arg_int(info, i, name)));
+}
+
+size_t bytes_of(int64_t elements, DType t) { return static_cast<size_t>(elements) * dtype_size(t); }
+
+// createDecoder(stream, hidden, heads, kvHeads, headSize, intermediate, vocab, numLayers, dtype, embedDtype,
+//               finalNormDtype, lmHeadDtype, rotaryDim, slidingWindow, eps, attentionScale,
+//               embed, off, finalNorm, off, lmHead, off, invFreq, off) → decoder
+Napi::Value CreateDecoder(const Napi::CallbackInfo& info) {
+  Stream& stream = *NativeStream::From(info, 0).stream;
+  auto m = std::make_unique<DecoderModel>();
+  m->hidden_size = arg_int(info, 1, "hidden");
+  m->num_heads = arg_int(info, 2, "heads");
+  m->num_kv_heads = arg_int(info, 3, "kvHeads");
+  m->head_size = arg_int(info, 4, "headSize");
+  m->intermediate_size = arg_int(info, 5, "intermediate");
+  m->vocab_size = arg_int(info, 6, "vocab");
+  const int64_t layers = arg_int(info, 7, "numLayers");
+  m->dtype = arg_dtype(info, 8, "dtype");
+  m->embed_dtype = arg_dtype(info, 9, "embedDtype");
+  m->final_norm_dtype = arg_dtype(info, 10, "finalNormDtype");
+  m->lm_head_dtype = arg_dtype(info, 11, "lmHeadDtype");
+  m->rotary_dim = arg_int(info, 12, "rotaryDim");
+  m->sliding_window = static_cast<int32_t>(arg_int(info, 13, "slidingWindow"));
+  m->rms_norm_eps = static_cast<float>(arg_number(info, 14, "eps"));
+  m->attention_scale = static_cast<float>(arg_number(info, 15, "attentionScale"));
+  const int64_t H = m->hidden_size;
+  m->embed = arg_region(info, 16, bytes_of(m->vocab_size * H, m->embed_dtype), stream);
+  m->final_norm = arg_region(info, 18, bytes_of(H, m->final_norm_dtype), stream);
+  m->lm_head = arg_region(info, 20, bytes_of(m->vocab_size * H, m->lm_head_dtype), stream);
+  m->inv_freq = reinterpret_cast<const float*>(arg_region(info, 22, static_cast<size_t>(m->rotary_dim / 2) * 4, stream));
+  m->layers.assign(static_cast<size_t>(layers), DecoderLayer{});
+  Napi::External<DecoderModel> handle =
+      Napi::External<DecoderModel>::New(info.Env(), m.release(), [](Napi::Env, DecoderModel* p) { delete p; });
+  handle.TypeTag(&kDecoderTag);
+  return handle;
+}
+
+// One projection at info[i..]: kind (0 float, 1 AWQ), weightDtype, groupSize, biasDtype, then the
+// regions weight|null, qweight|null, qzeros|null, scales|null, bias|null (14 arguments).
+DecoderProjection arg_projection(const Napi::CallbackInfo& info, size_t i, int64_t N, int64_t K, const Stream& stream) {
+  DecoderProjection p;
+  p.is_awq = arg_int(info, i, "kind") == 1;
+  p.weight_dtype = arg_dtype(info, i + 1, "weightDtype");
+  const int64_t G = arg_int(info, i + 2, "groupSize");
+  p.bias_dtype = arg_dtype(info, i + 3, "biasDtype");
+  if (p.is_awq) {
+    if (G <= 0 || K % G != 0 || N % 8 != 0) throw make_error(info.Env(), "ERR_INVALID_ARGUMENT", "decoder: bad AWQ projection shape");
+    p.awq.in_features = K;
+    p.awq.out_features = N;
+    p.awq.group_size = G;
+    p.awq.qweight = reinterpret_cast<const int32_t*>(arg_region(info, i + 6, static_cast<size_t>(K * (N / 8)) * 4, stream));
+    p.awq.qzeros = reinterpret_cast<const int32_t*>(arg_region(info, i + 8, static_cast<size_t>((K / G) * (N / 8)) * 4, stream));
+    p.awq.scales = reinterpret_cast<const uint16_t*>(arg_region(info, i + 10, static_cast<size_t>((K / G) * N) * 2, stream));
+  } else {
+    p.weight = arg_region(info, i + 4, bytes_of(N * K, p.weight_dtype), stream);
+  }
+  p.bias = arg_region(info, i + 12, bytes_of(N, p.bias_dtype), stream, true);
+  return p;
+}
+
+// decoderSetLayer(decoder, stream, layer, normDtype, inputNorm, off, postNorm, off, q…, k…, v…, o…, gate…, up…, down…)
+Napi::Value DecoderSetLayer(const Napi::CallbackInfo& info) {
+  DecoderModel& m = unwrap_decoder(info, 0);
+  Stream& stream = *NativeStream::From(info, 1).stream;
+  const int64_t l = arg_int(info, 2, "layer");
+  if (l >= static_cast<int64_t>(m.layers.size())) throw make_error(info.Env(), "ERR_INVALID_ARGUMENT", "decoder: layer out of range");
+  const int64_t H = m.hidden_size, Q = m.num_heads * m.head_size, KV = m.num_kv_heads * m.head_size, I = m.intermediate_size;
+  DecoderLayer w{};
+  w.norm_dtype = arg_dtype(info, 3, "normDtype");
+  w.input_norm = arg_region(info, 4, bytes_of(H, w.norm_dtype), stream);
+  w.post_norm = arg_region(info, 6, bytes_of(H, w.norm_dtype), stream);
+  size_t i = 8;
+  auto next = [&](int64_t N, int64_t K) {
+    DecoderProjection p = arg_projection(info, i, N, K, stream);
+    i += 14;
+    return p;
+  };
+  w.q = next(Q, H);
+  w.k = next(KV, H);
+  w.v = next(KV, H);
+  w.o = next(H, Q);
+  w.gate = next(I, H);
+  w.up = next(I, H);
+  w.down = next(H, I);
+  m.layers[static_cast<size_t>(l)] = w;
+  return info.Env().Undefined();
+}
+
+// decoderWorkspaceBytes(decoder, numTokens, numLogitRows) → bytes
+Napi::Value DecoderWorkspaceBytes(const Napi::CallbackInfo& info) {
+  const DecoderModel& m = unwrap_decoder(info, 0);
+  return Napi::Number::New(info.Env(), static_cast<double>(decoder_workspace_bytes(m, arg_int(info, 1, "numTokens"),
+                                                                                    arg_int(info, 2, "numLogitRows"))));
+}
+
+// decoderForward(decoder, stream, numTokens, numSeqs, maxBlocksPerSeq, maxSeqLen, maxQueryLen, numLogitRows (0: all rows),
+//                cacheDtype, shape, ids, off, positions, off, slots, off, blockTables, off, seqLens, off,
+//                cuSeqLensQ|null, off, logitRows|null, off, workspace, off, logits, off,
+//                then per layer: key, off, value, off, keyScales|null, off, valueScales|null, off)
+Napi::Value DecoderForward(const Napi::CallbackInfo& info) {
+  const DecoderModel& m = unwrap_decoder(info, 0);
+  Stream& stream = *NativeStream::From(info, 1).stream;
+  DecoderStep s{};
+  s.num_tokens = arg_int(info, 2, "numTokens");
+  s.num_seqs = arg_int(info, 3, "numSeqs");
+  s.max_blocks_per_seq = arg_int(info, 4, "maxBlocksPerSeq");
+  s.max_seq_len = arg_int(info, 5, "maxSeqLen");
+  s.max_query_len = arg_int(info, 6, "maxQueryLen");
+  const int64_t rows = arg_int(info, 7, "numLogitRows");
+  s.cache_dtype = arg_kv_dtype(info, 8);
+  s.cache_shape = arg_shape(info, 9);
+  const int64_t T = s.num_tokens;
+  auto ints = [&](size_t i, int64_t n, bool optional = false) {
+    return reinterpret_cast<const int32_t*>(arg_region(info, i, static_cast<size_t>(n) * 4, stream, optional));
+  };
+  s.token_ids = ints(10, T);
+  s.positions = ints(12, T);
+  s.slot_mapping = ints(14, T);
+  s.block_tables = ints(16, s.num_seqs * s.max_blocks_per_seq);
+  s.seq_lens = ints(18, s.num_seqs);
+  s.cu_seqlens_q = ints(20, s.num_seqs + 1, true);
+  s.logit_rows = rows > 0 ? ints(22, rows) : nullptr;
+  s.num_logit_rows = rows > 0 ? rows : T;
+  s.workspace = arg_region(info, 24, decoder_workspace_bytes(m, T, s.num_logit_rows), stream);
+  s.logits = reinterpret_cast<float*>(arg_region(info, 26, static_cast<size_t>(s.num_logit_rows * m.vocab_size) * 4, stream));
+  const size_t cache_bytes = static_cast<size_t>(s.cache_shape.elements()) * kv_dtype_size(s.cache_dtype);
+  const size_t scale_bytes = static_cast<size_t>(s.cache_shape.num_blocks * s.cache_shape.num_kv_heads * s.cache_shape.block_size) * 4;
+  if (info.Length() != 28 + 8 * m.layers.size())
+    throw make_error(info.Env(), "ERR_INVALID_ARGUMENT", "decoder: expected the cache of " + std::to_string(m.layers.size()) + " layers");
+  for (size_t l = 0; l < m.layers.size(); ++l) {
+    const size_t i = 28 + 8 * l;
+    s.cache.push_back(DecoderCacheLayer{arg_region(info, i, cache_bytes, stream), arg_region(info, i + 2, cache_bytes, stream),
+                                        reinterpret_cast<float*>(arg_region(info, i + 4, scale_bytes, stream, true)),
+                                        reinterpret_cast<float*>(arg_region(info, i + 6, scale_bytes, stream, true))});
+  }
+  decoder_forward(m, s, stream);
+  return info.Env().Undefined();
+}
+
+}  // namespace
+
+void init_decoder(Napi::Env env, Napi::Object exports) {
+  exports.Set("createDecoder", Napi::Function::New<Guard<CreateDecoder>>(env, "createDecoder"));
+  exports.Set("decoderSetLayer", Napi::Function::New<Guard<DecoderSetLayer>>(env, "decoderSetLayer"));
+  exports.Set("decoderWorkspaceBytes", Napi::Function::New<Guard<DecoderWorkspaceBytes>>(env, "decoderWorkspaceBytes"));
+  exports.Set("decoderForward", Napi::Function::New<Guard<DecoderForward>>(env, "decoderForward"));
+}
+
+}  // namespace pagedllm::addon
