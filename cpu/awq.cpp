@@ -17,6 +17,8 @@
 
 #include "awq_tile.h"
 #include "cpu_stream.h"
+#include "float_rows.h"
+#include "linear_tile.h"
 #include "pagedllm/awq.h"
 #include "pagedllm/convert.h"
 #include "pagedllm/device.h"
@@ -25,8 +27,6 @@
 namespace pagedllm {
 
 namespace {
-
-bool is_float(DType t) { return t == DType::Float32 || t == DType::Float16 || t == DType::BFloat16; }
 
 void check_awq_linear(const AwqLinearArgs& a) {
   check_awq_weight(a.weight, "awq_linear");
@@ -53,44 +53,7 @@ void check_awq_dequantize(const AwqDequantizeArgs& a) {
                  "awq_dequantize: null pointer");
 }
 
-float load(const void* p, DType t, int64_t i) {
-  switch (t) {
-    case DType::Float16: return to_float(static_cast<const half_t*>(p)[i]);
-    case DType::BFloat16: return to_float(static_cast<const bfloat16_t*>(p)[i]);
-    default: return static_cast<const float*>(p)[i];
-  }
-}
-
-void store(void* p, DType t, int64_t i, float v) {
-  switch (t) {
-    case DType::Float16: static_cast<half_t*>(p)[i] = from_float<half_t>(v); break;
-    case DType::BFloat16: static_cast<bfloat16_t*>(p)[i] = from_float<bfloat16_t>(v); break;
-    default: static_cast<float*>(p)[i] = v; break;
-  }
-}
-
-// out[m0 + i, n0 + j] = c[i · ldc + j] + bias[n0 + j] for i < mb, j < nb.
-void store_rows(const AwqLinearArgs& a, const float* c, int64_t ldc, int64_t m0, int64_t mb, int64_t n0, int64_t nb) {
-  for (int64_t i = 0; i < mb; ++i) {
-    const float* ci = c + i * ldc;
-    const int64_t row = (m0 + i) * a.out_stride + n0;
-    if (a.out_dtype == DType::Float32 && !a.bias) {
-      std::memcpy(static_cast<float*>(a.out) + row, ci, nb * sizeof(float));
-      continue;
-    }
-    for (int64_t j = 0; j < nb; ++j) store(a.out, a.out_dtype, row + j, ci[j] + (a.bias ? load(a.bias, a.bias_dtype, n0 + j) : 0.0f));
-  }
-}
-
-// A float buffer whose data() is 32-byte aligned (the tiles' aligned vector loads).
-struct AlignedFloats {
-  std::vector<float> storage;
-  float* get(size_t n) {
-    storage.resize(n + 8);
-    float* p = storage.data();
-    return p + (8 - (reinterpret_cast<uintptr_t>(p) / sizeof(float)) % 8) % 8;
-  }
-};
+LinearOut out_of(const AwqLinearArgs& a) { return {a.out, a.out_dtype, a.out_stride, a.bias, a.bias_dtype}; }
 
 void run_gemv(const AwqLinearArgs& a, CpuSimd simd) {
   using namespace awq_kernels;
@@ -132,7 +95,7 @@ void run_gemv(const AwqLinearArgs& a, CpuSimd simd) {
     for (int64_t j = 0; j < jobs; ++j)
       for (int64_t m = 0; m < M; ++m)
         for (int64_t n = n0; n < n1; ++n) y[m * (n1 - n0) + n - n0] += partial[(j * M + m) * N + n];
-    store_rows(a, y.data(), n1 - n0, 0, M, n0, n1 - n0);
+    out_of(a).store_tile(y.data(), n1 - n0, 0, M, n0, n1 - n0);
   });
 }
 
@@ -145,13 +108,9 @@ void run_gemm(const AwqLinearArgs& a, CpuSimd simd) {
   thread_local AlignedFloats xp_storage;  // reused across calls (see run_gemv)
   float* xp = xp_storage.get(panels * K * kAwqGemmMR);
   ThreadPool& pool = ThreadPool::global();
+  auto pack_x = simd == CpuSimd::Avx2 ? linear_kernels::pack_x_avx2 : linear_kernels::pack_x_portable;
   pool.parallel_for(panels, 1, [&](int64_t q0, int64_t q1) {
-    for (int64_t q = q0; q < q1; ++q)
-      for (int64_t i = 0; i < kAwqGemmMR; ++i) {
-        const int64_t m = q * kAwqGemmMR + i;
-        float* dst = xp + q * K * kAwqGemmMR + i;
-        for (int64_t k = 0; k < K; ++k) dst[k * kAwqGemmMR] = m < M ? load(a.x, a.x_dtype, m * a.x_stride + k) : 0.0f;
-      }
+    pack_x(linear_kernels::PackXJob{a.x, a.x_stride, a.x_dtype, M, K, q0, q1, xp});
   });
   auto gemm = simd == CpuSimd::Avx2 ? gemm_block_avx2 : gemm_block_portable;
   const int64_t blocks = (N + kAwqGemmNB - 1) / kAwqGemmNB;
@@ -162,7 +121,7 @@ void run_gemm(const AwqLinearArgs& a, CpuSimd simd) {
       AwqGemmJob job{xp, M, &w, n0, nb, c.get(panels * kAwqGemmMR * kAwqGemmNB), kAwqGemmNB,
                      scratch.get(kAwqGemmNB * kAwqGemmKC)};
       gemm(job);
-      store_rows(a, job.c, kAwqGemmNB, 0, M, n0, nb);
+      out_of(a).store_tile(job.c, kAwqGemmNB, 0, M, n0, nb);
     }
   });
 }

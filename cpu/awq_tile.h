@@ -25,12 +25,14 @@
 //   exactly W (float32 values of float16, natural column order — the words are
 //   row-major, so this is the weight panel of a GotoBLAS GEMM with no
 //   transpose) and runs the 6 × 16 register tile of linear_tile.h over
-//   every 6-row panel of the pre-packed activations.
+//   every 6-row panel of the activations (packed by linear_tile.h pack_x).
 //
 // Compiled twice, like linear_tile.h: awq_tile.cpp (portable: GCC/Clang 4-wide
 // vector extensions or plain loops) and awq_tile_avx2.cpp (AVX2 + FMA + F16C,
 // chosen at run time). Nothing here allocates or calls a shared template, so
-// the AVX2 build emits nothing another file also emits.
+// the AVX2 build emits nothing that a file built for another target also emits
+// (the register tile and pack it takes from linear_tile.h are built for the
+// same target in both).
 #pragma once
 
 #include <cstdint>
@@ -91,12 +93,17 @@ void gemm_block_avx2(const AwqGemmJob& job);
 #include <immintrin.h>
 #endif
 
+#include "linear_tile.h"  // (its implementation, built with the same target: the register tile)
 #include "simd.h"
 
 namespace pagedllm::awq_kernels {
 namespace PAGEDLLM_TILE_NAMESPACE {
 
 using namespace simd::PAGEDLLM_TILE_NAMESPACE;
+using linear_kernels::PAGEDLLM_TILE_NAMESPACE::micro_6x16;
+#if PAGEDLLM_TILE_AVX2
+using linear_kernels::PAGEDLLM_TILE_NAMESPACE::transpose8;
+#endif
 
 // ---- vectors of packed words --------------------------------------------------------------------
 // Words::L words per vector; nibble<SHIFT>(v): the code at bit SHIFT of every lane as float32, times
@@ -164,28 +171,6 @@ struct Words {
 #endif
 constexpr int L = Words::L;
 using F = Words::F;
-
-#if PAGEDLLM_TILE_AVX2
-// r[i][j] ← r[j][i] for an 8 × 8 block of floats.
-inline void transpose8(__m256 (&r)[8]) {
-  const __m256 t0 = _mm256_unpacklo_ps(r[0], r[1]), t1 = _mm256_unpackhi_ps(r[0], r[1]);
-  const __m256 t2 = _mm256_unpacklo_ps(r[2], r[3]), t3 = _mm256_unpackhi_ps(r[2], r[3]);
-  const __m256 t4 = _mm256_unpacklo_ps(r[4], r[5]), t5 = _mm256_unpackhi_ps(r[4], r[5]);
-  const __m256 t6 = _mm256_unpacklo_ps(r[6], r[7]), t7 = _mm256_unpackhi_ps(r[6], r[7]);
-  const __m256 u0 = _mm256_shuffle_ps(t0, t2, 0x44), u1 = _mm256_shuffle_ps(t0, t2, 0xee);
-  const __m256 u2 = _mm256_shuffle_ps(t1, t3, 0x44), u3 = _mm256_shuffle_ps(t1, t3, 0xee);
-  const __m256 u4 = _mm256_shuffle_ps(t4, t6, 0x44), u5 = _mm256_shuffle_ps(t4, t6, 0xee);
-  const __m256 u6 = _mm256_shuffle_ps(t5, t7, 0x44), u7 = _mm256_shuffle_ps(t5, t7, 0xee);
-  r[0] = _mm256_permute2f128_ps(u0, u4, 0x20);
-  r[1] = _mm256_permute2f128_ps(u1, u5, 0x20);
-  r[2] = _mm256_permute2f128_ps(u2, u6, 0x20);
-  r[3] = _mm256_permute2f128_ps(u3, u7, 0x20);
-  r[4] = _mm256_permute2f128_ps(u0, u4, 0x31);
-  r[5] = _mm256_permute2f128_ps(u1, u5, 0x31);
-  r[6] = _mm256_permute2f128_ps(u2, u6, 0x31);
-  r[7] = _mm256_permute2f128_ps(u3, u7, 0x31);
-}
-#endif
 
 // ---- gemv ----------------------------------------------------------------------------------------
 
@@ -405,80 +390,6 @@ inline void pack_weight(const AwqWeight& w, int64_t n0, int64_t nb, int64_t k0, 
     }
 }
 
-// c[6 × 16] (= or +=) xp panel (kc × 6) · wp panel (kc × 16). (linear_tile.h's register tile.)
-inline void micro_6x16(const float* xp, const float* wp, int64_t kc, float* c, int64_t ldc, bool accumulate) {
-#if PAGEDLLM_TILE_AVX2
-  __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
-         c40 = c00, c41 = c00, c50 = c00, c51 = c00;
-  for (int64_t k = 0; k < kc; ++k) {
-    const __m256 w0 = _mm256_load_ps(wp + k * 16), w1 = _mm256_load_ps(wp + k * 16 + 8);
-    const float* xk = xp + k * 6;
-    __m256 b = _mm256_broadcast_ss(xk);
-    c00 = _mm256_fmadd_ps(b, w0, c00);
-    c01 = _mm256_fmadd_ps(b, w1, c01);
-    b = _mm256_broadcast_ss(xk + 1);
-    c10 = _mm256_fmadd_ps(b, w0, c10);
-    c11 = _mm256_fmadd_ps(b, w1, c11);
-    b = _mm256_broadcast_ss(xk + 2);
-    c20 = _mm256_fmadd_ps(b, w0, c20);
-    c21 = _mm256_fmadd_ps(b, w1, c21);
-    b = _mm256_broadcast_ss(xk + 3);
-    c30 = _mm256_fmadd_ps(b, w0, c30);
-    c31 = _mm256_fmadd_ps(b, w1, c31);
-    b = _mm256_broadcast_ss(xk + 4);
-    c40 = _mm256_fmadd_ps(b, w0, c40);
-    c41 = _mm256_fmadd_ps(b, w1, c41);
-    b = _mm256_broadcast_ss(xk + 5);
-    c50 = _mm256_fmadd_ps(b, w0, c50);
-    c51 = _mm256_fmadd_ps(b, w1, c51);
-  }
-  auto put = [&](int i, __m256 lo, __m256 hi) {
-    float* ci = c + i * ldc;
-    if (accumulate) {
-      lo = _mm256_add_ps(_mm256_loadu_ps(ci), lo);
-      hi = _mm256_add_ps(_mm256_loadu_ps(ci + 8), hi);
-    }
-    _mm256_storeu_ps(ci, lo);
-    _mm256_storeu_ps(ci + 8, hi);
-  };
-  put(0, c00, c01);
-  put(1, c10, c11);
-  put(2, c20, c21);
-  put(3, c30, c31);
-  put(4, c40, c41);
-  put(5, c50, c51);
-#elif PAGEDLLM_TILE_VEC4
-  for (int half = 0; half < 16; half += 8) {
-    f32x4 acc[6][2] = {};
-    for (int64_t k = 0; k < kc; ++k) {
-      const f32x4 w0 = load4(wp + k * 16 + half), w1 = load4(wp + k * 16 + half + 4);
-      const float* xk = xp + k * 6;
-      for (int i = 0; i < 6; ++i) {
-        acc[i][0] += xk[i] * w0;
-        acc[i][1] += xk[i] * w1;
-      }
-    }
-    for (int i = 0; i < 6; ++i)
-      for (int v = 0; v < 2; ++v) {
-        float* ci = c + i * ldc + half + 4 * v;
-        store4(ci, accumulate ? load4(ci) + acc[i][v] : acc[i][v]);
-      }
-  }
-#else
-  for (int half = 0; half < 16; half += 8) {
-    float acc[6][8] = {};
-    for (int64_t k = 0; k < kc; ++k) {
-      const float* wk = wp + k * 16 + half;
-      const float* xk = xp + k * 6;
-      for (int i = 0; i < 6; ++i)
-        for (int j = 0; j < 8; ++j) acc[i][j] += xk[i] * wk[j];
-    }
-    for (int i = 0; i < 6; ++i)
-      for (int j = 0; j < 8; ++j) c[i * ldc + half + j] = accumulate ? c[i * ldc + half + j] + acc[i][j] : acc[i][j];
-  }
-#endif
-}
-
 inline void gemm_block(const AwqGemmJob& job) {
   const int64_t K = job.w->in_features;
   const int64_t x_panels = (job.m + kAwqGemmMR - 1) / kAwqGemmMR;
@@ -486,8 +397,8 @@ inline void gemm_block(const AwqGemmJob& job) {
   for (int64_t k0 = 0; k0 < K; k0 += kAwqGemmKC) {
     const int64_t kc = K - k0 < kAwqGemmKC ? K - k0 : kAwqGemmKC;
     pack_weight(*job.w, job.n0, job.nb, k0, kc, job.scratch);
-    for (int64_t q = 0; q < x_panels; ++q)
-      for (int64_t p = 0; p < w_panels; ++p)
+    for (int64_t p = 0; p < w_panels; ++p)
+      for (int64_t q = 0; q < x_panels; ++q)
         micro_6x16(job.xp + (q * K + k0) * kAwqGemmMR, job.scratch + p * kAwqGemmKC * kAwqGemmNR, kc,
                    job.c + q * kAwqGemmMR * job.ldc + p * kAwqGemmNR, job.ldc, k0 > 0);
   }

@@ -9,7 +9,8 @@
 //   Napkin math: a 4096 × 4096 float16 weight is 32 MiB, so at ~20 GB/s one
 //   decode step of that layer cannot take less than ~1.7 ms on this path;
 //   the kernel's job is to get close to that.
-// - M > 8: tasks are (≤ kGemmMB tokens) × (≤ kGemmNB weight rows) blocks, each
+// - M > 8: x is packed once into float32 6-row panels (linear_tile.h pack_x);
+//   tasks are (≤ kGemmMB tokens) × (≤ kGemmNB weight rows) blocks, each
 //   packing its weight block per K step (linear_tile.h gemm_block), so the
 //   weights are read ceil(M / kGemmMB) times, each time reused kGemmMB-fold
 //   from cache; the token block shrinks when there are too few tasks to keep
@@ -21,6 +22,7 @@
 #include <vector>
 
 #include "cpu_stream.h"
+#include "float_rows.h"
 #include "linear_tile.h"
 #include "pagedllm/convert.h"
 #include "pagedllm/device.h"
@@ -30,8 +32,6 @@
 namespace pagedllm {
 
 namespace {
-
-bool is_float(DType t) { return t == DType::Float32 || t == DType::Float16 || t == DType::BFloat16; }
 
 void check_linear(const LinearArgs& a) {
   for (auto [t, name] : {std::pair{a.x_dtype, "x"}, std::pair{a.weight_dtype, "weight"}, std::pair{a.out_dtype, "out"}})
@@ -50,43 +50,18 @@ void check_linear(const LinearArgs& a) {
                  "linear: sizes must fit in 32 bits");
 }
 
-float load(const void* p, DType t, int64_t i) {
-  switch (t) {
-    case DType::Float16: return to_float(static_cast<const half_t*>(p)[i]);
-    case DType::BFloat16: return to_float(static_cast<const bfloat16_t*>(p)[i]);
-    default: return static_cast<const float*>(p)[i];
-  }
-}
-
-void store(void* p, DType t, int64_t i, float v) {
-  switch (t) {
-    case DType::Float16: static_cast<half_t*>(p)[i] = from_float<half_t>(v); break;
-    case DType::BFloat16: static_cast<bfloat16_t*>(p)[i] = from_float<bfloat16_t>(v); break;
-    default: static_cast<float*>(p)[i] = v; break;
-  }
-}
-
-// out[m, n0 + j] = c[i · ldc + j] + bias[n0 + j] for token rows m0 + i.
-void store_rows(const LinearArgs& a, const float* c, int64_t ldc, int64_t m0, int64_t mb, int64_t n0, int64_t nb) {
-  for (int64_t i = 0; i < mb; ++i) {
-    const float* ci = c + i * ldc;
-    const int64_t row = (m0 + i) * a.out_stride + n0;
-    if (a.out_dtype == DType::Float32 && !a.bias) {
-      std::memcpy(static_cast<float*>(a.out) + row, ci, nb * sizeof(float));
-      continue;
-    }
-    for (int64_t j = 0; j < nb; ++j) store(a.out, a.out_dtype, row + j, ci[j] + (a.bias ? load(a.bias, a.bias_dtype, n0 + j) : 0.0f));
-  }
-}
+LinearOut out_of(const LinearArgs& a) { return {a.out, a.out_dtype, a.out_stride, a.bias, a.bias_dtype}; }
 
 struct Kernels {
   void (*gemv)(const linear_kernels::GemvJob&);
+  void (*pack_x)(const linear_kernels::PackXJob&);
   void (*gemm)(const linear_kernels::GemmJob&);
 };
 
 Kernels kernels(CpuSimd simd) {
-  if (simd == CpuSimd::Avx2) return {linear_kernels::gemv_avx2, linear_kernels::gemm_block_avx2};
-  return {linear_kernels::gemv_portable, linear_kernels::gemm_block_portable};
+  using namespace linear_kernels;
+  if (simd == CpuSimd::Avx2) return {gemv_avx2, pack_x_avx2, gemm_block_avx2};
+  return {gemv_portable, pack_x_portable, gemm_block_portable};
 }
 
 void run_gemv(const LinearArgs& a, const Kernels& kern) {
@@ -103,37 +78,38 @@ void run_gemv(const LinearArgs& a, const Kernels& kern) {
     c.resize(M * (n1 - n0));
     linear_kernels::GemvJob job{x.data(), M, a.weight, a.weight_dtype, K, n0, n1, c.data(), n1 - n0};
     kern.gemv(job);
-    store_rows(a, c.data(), n1 - n0, 0, M, n0, n1 - n0);
+    out_of(a).store_tile(c.data(), n1 - n0, 0, M, n0, n1 - n0);
   });
 }
 
 void run_gemm(const LinearArgs& a, const Kernels& kern) {
   using namespace linear_kernels;
-  const int64_t M = a.num_tokens, N = a.out_features;
+  const int64_t M = a.num_tokens, N = a.out_features, K = a.in_features;
   ThreadPool& pool = ThreadPool::global();
+  // x once, in 6-row panels (every task of a token block reads the same panels).
+  const int64_t panels = (M + kGemmMR - 1) / kGemmMR;
+  thread_local AlignedFloats xp_storage;  // this runs on the stream's worker: one per stream
+  float* const xp = xp_storage.get(panels * K * kGemmMR);
+  pool.parallel_for(panels, 1, [&](int64_t q0, int64_t q1) {
+    kern.pack_x(PackXJob{a.x, a.x_stride, a.x_dtype, M, K, q0, q1, xp});
+  });
   const int64_t n_blocks = (N + kGemmNB - 1) / kGemmNB;
-  // Token blocks: as few as possible (each reads the weights once), but enough tasks for the pool.
-  int64_t mb = std::min<int64_t>(kGemmMB, (M + kGemmMR - 1) / kGemmMR * kGemmMR);
+  // Token blocks: as few as possible (each packs the weights once), but enough tasks for the pool.
+  int64_t mb = std::min<int64_t>(kGemmMB, panels * kGemmMR);
   const int64_t wanted = 4 * static_cast<int64_t>(pool.size());
   while (mb > 4 * kGemmMR && n_blocks * ((M + mb - 1) / mb) < wanted) mb -= kGemmMR;
   const int64_t m_blocks = (M + mb - 1) / mb;
   constexpr int64_t ldc = kGemmNB;
   pool.parallel_for(n_blocks * m_blocks, 1, [&](int64_t begin, int64_t end) {
-    thread_local std::vector<float> buffer;
-    // c tile, then scratch (32-byte aligned for the packed panels' aligned loads).
-    const int64_t c_floats = kGemmMB * ldc;
-    buffer.resize(c_floats + kGemmScratchFloats + 8);
-    float* base = buffer.data();
-    base += (8 - (reinterpret_cast<uintptr_t>(base) / sizeof(float)) % 8) % 8;
+    thread_local AlignedFloats buffer;  // the c tile, then the weight pack
+    float* const c = buffer.get(kGemmMB * ldc + kGemmScratchFloats);
     for (int64_t t = begin; t < end; ++t) {
       // Token blocks vary fastest: consecutive tasks share a weight block (warm in L2/L3).
       const int64_t nbk = t / m_blocks, mbk = t % m_blocks;
       const int64_t m0 = mbk * mb, n0 = nbk * kGemmNB;
       const int64_t rows = std::min(mb, M - m0), cols = std::min(kGemmNB, N - n0);
-      GemmJob job{a.x, a.x_stride, a.x_dtype, a.weight, a.weight_dtype, a.in_features, m0, rows, n0, cols,
-                  base, ldc, base + c_floats};
-      kern.gemm(job);
-      store_rows(a, base, ldc, m0, rows, n0, cols);
+      kern.gemm(GemmJob{xp + m0 * K, rows, a.weight, a.weight_dtype, K, n0, cols, c, ldc, c + kGemmMB * ldc});
+      out_of(a).store_tile(c, ldc, m0, rows, n0, cols);
     }
   });
 }

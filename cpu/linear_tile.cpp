@@ -7,6 +7,7 @@
 namespace pagedllm::linear_kernels {
 
 void gemv_portable(const GemvJob& job) { portable::gemv(job); }
+void pack_x_portable(const PackXJob& job) { portable::pack_x(job); }
 void gemm_block_portable(const GemmJob& job) { portable::gemm_block(job); }
 
 }  // namespace pagedllm::linear_kernels

@@ -5,13 +5,15 @@
 //   Each weight row is read once for all m rows (decode is limited by memory
 //   bandwidth: the weights are the bytes), converted in registers, dotted with
 //   every activation row; up to 8 accumulator chains per step.
+// - pack_x: activation rows to float32 6-row panels ([panel][K][6]), once per
+//   call (the AWQ GEMM uses the same panels).
 // - gemm_block: one (block of ≤ kGemmMB activation rows, block of ≤ kGemmNB
 //   weight rows) tile, over K in steps of kGemmKC: the weight block is packed
-//   (converted to float32, transposed into 16-column panels) and the
-//   activation block packed into 6-row panels, then a 6×16 register tile does
-//   6 broadcasts and 12 FMAs per 2 weight loads (the outer-product kernel of
-//   BLIS / GotoBLAS). Ragged edges are zero-padded in the packs, so any M, N, K
-//   works; only valid results are stored by the caller.
+//   (converted to float32, transposed into 16-column panels), then a 6×16
+//   register tile does 6 broadcasts and 12 FMAs per 2 weight loads (the
+//   outer-product kernel of BLIS / GotoBLAS) over every 6-row panel of the
+//   block. Ragged edges are zero-padded in the packs, so any M, N, K works;
+//   only valid results are stored by the caller.
 //
 // This header is compiled twice: by linear_tile.cpp (portable: 4-wide GCC/Clang
 // vector extensions, i.e. SSE2 or NEON, or plain loops) and by
@@ -35,7 +37,7 @@ namespace pagedllm::linear_kernels {
 
 constexpr int64_t kGemvMaxRows = 8;  // m ≤ this takes the gemv path
 constexpr int64_t kGemmMR = 6, kGemmNR = 16;  // register tile
-constexpr int64_t kGemmMB = 96;   // activation rows per block (a multiple of kGemmMR)
+constexpr int64_t kGemmMB = 132;  // activation rows per block (a multiple of kGemmMR; a 128-token prefill is one)
 constexpr int64_t kGemmNB = 128;  // weight rows per block (a multiple of kGemmNR); its pack is 128 KiB (L2)
 constexpr int64_t kGemmKC = 256;  // K per packed step: a 16-column weight panel is 16 KiB (L1)
 
@@ -51,24 +53,34 @@ struct GemvJob {
   int64_t ldc;
 };
 
-// c[i · ldc + j] = Σ_k x[(m0 + i) · x_stride + kk] · weight[n0 + j, kk] for i < mb, j < nb.
-struct GemmJob {
+// xp[q · k · 6 + kk · 6 + ii] = x[6q + ii, kk] for panels q0 ≤ q < q1 (0 for rows ≥ m).
+struct PackXJob {
   const void* x;  // rows of x_dtype, x_stride elements apart
   int64_t x_stride;
   DType x_dtype;
+  int64_t m, k;
+  int64_t q0, q1;
+  float* xp;  // [ceil(m / 6)][k][6]
+};
+
+// c[i · ldc + j] = Σ_k xp(i, kk) · weight[n0 + j, kk] for i < round_up(mb, 6), j < round_up(nb, 16).
+struct GemmJob {
+  const float* xp;  // the block's first 6-row panel of pack_x's output (panel stride k · 6)
+  int64_t mb;       // ≤ kGemmMB
   const void* weight;  // [n, k] of weight_dtype, contiguous
   DType weight_dtype;
   int64_t k;
-  int64_t m0, mb;  // mb ≤ kGemmMB
   int64_t n0, nb;  // nb ≤ kGemmNB
-  float* c;  // [round_up(mb, 6), ldc] with ldc ≥ round_up(nb, 16); rows/columns past mb/nb get garbage
+  float* c;  // [round_up(mb, 6), ldc] with ldc ≥ round_up(nb, 16); columns past nb get garbage
   int64_t ldc;
   float* scratch;  // kGemmScratchFloats floats, 32-byte aligned
 };
-constexpr int64_t kGemmScratchFloats = kGemmMB * kGemmKC + kGemmNB * kGemmKC;
+constexpr int64_t kGemmScratchFloats = kGemmNB * kGemmKC;
 
 void gemv_portable(const GemvJob& job);
 void gemv_avx2(const GemvJob& job);
+void pack_x_portable(const PackXJob& job);
+void pack_x_avx2(const PackXJob& job);
 void gemm_block_portable(const GemmJob& job);
 void gemm_block_avx2(const GemmJob& job);
 
@@ -308,28 +320,42 @@ inline void pack_weight(const typename Src::T* w, int64_t K, int64_t n0, int64_t
   }
 }
 
-// Activation rows [m0, m0 + mb), columns [k0, k0 + kc) → xp: 6-row panels, panel q holding
-// xp[q · KC · 6 + kk · 6 + ii] = x[m0 + 6q + ii, k0 + kk] (0 past mb).
+// Panels [q0, q1) of x (see PackXJob). AVX2: 6 rows × 8 columns are transposed in registers (with
+// two zero rows) and stored as 8 runs of 6 floats, each 8-wide store overlapping the next run.
 template <typename Src>
-inline void pack_x(const typename Src::T* x, int64_t stride, int64_t m0, int64_t mb, int64_t k0, int64_t kc, float* xp,
-                   float* row_buf) {
-  const int64_t panels = (mb + kGemmMR - 1) / kGemmMR;
-  for (int64_t q = 0; q < panels; ++q) {
-    float* dst = xp + q * kGemmKC * kGemmMR;
-    for (int64_t ii = 0; ii < kGemmMR; ++ii) {
-      const int64_t i = q * kGemmMR + ii;
-      if (i >= mb) {
-        for (int64_t kk = 0; kk < kc; ++kk) dst[kk * kGemmMR + ii] = 0.0f;
-        continue;
-      }
-      convert<Src>(x + (m0 + i) * stride + k0, kc, row_buf);
-      for (int64_t kk = 0; kk < kc; ++kk) dst[kk * kGemmMR + ii] = row_buf[kk];
+inline void pack_x_rows(const PackXJob& job, const typename Src::T* x) {
+  const int64_t K = job.k;
+  for (int64_t q = job.q0; q < job.q1; ++q) {
+    float* dst = job.xp + q * K * kGemmMR;
+    const int64_t rows = job.m - q * kGemmMR < kGemmMR ? job.m - q * kGemmMR : kGemmMR;
+    const typename Src::T* row[kGemmMR];
+    for (int64_t ii = 0; ii < kGemmMR; ++ii) row[ii] = ii < rows ? x + (q * kGemmMR + ii) * job.x_stride : nullptr;
+    int64_t k = 0;
+#if PAGEDLLM_TILE_AVX2
+    for (; k + 8 <= K; k += 8) {
+      __m256 r[8];
+      for (int ii = 0; ii < kGemmMR; ++ii) r[ii] = row[ii] ? Src::load8(row[ii] + k) : _mm256_setzero_ps();
+      r[6] = r[7] = _mm256_setzero_ps();
+      transpose8(r);
+      float* d = dst + k * kGemmMR;
+      for (int l = 0; l < 7; ++l) _mm256_storeu_ps(d + l * kGemmMR, r[l]);
+      _mm256_maskstore_ps(d + 7 * kGemmMR, _mm256_setr_epi32(-1, -1, -1, -1, -1, -1, 0, 0), r[7]);
     }
+#endif
+    for (; k < K; ++k)
+      for (int64_t ii = 0; ii < kGemmMR; ++ii) dst[k * kGemmMR + ii] = row[ii] ? Src::load1(row[ii] + k) : 0.0f;
   }
 }
 
-// c[6 × 16] (= or +=) xp panel (kc × 6) · wp panel (kc × 16).
-inline void micro_6x16(const float* xp, const float* wp, int64_t kc, float* c, int64_t ldc, bool accumulate) {
+inline void pack_x(const PackXJob& job) {
+  with_src(job.x_dtype, job.x, [&](auto src, const auto* x) { pack_x_rows<decltype(src)>(job, x); });
+}
+
+// c[6 × 16] (= or +=) xp panel (kc × 6) · wp panel (kc × 16). Never inlined: its 12 accumulators,
+// 2 weight vectors and the broadcast need all 16 registers, and inlined into a caller with more
+// live values (the AWQ gemm_block) the compiler kept one accumulator on the stack, a store-load
+// round trip in the loop's dependency chain that made the whole GEMM 1.5x slower.
+[[gnu::noinline]] inline void micro_6x16(const float* xp, const float* wp, int64_t kc, float* c, int64_t ldc, bool accumulate) {
 #if PAGEDLLM_TILE_AVX2
   __m256 c00 = _mm256_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
          c40 = c00, c41 = c00, c50 = c00, c51 = c00;
@@ -405,23 +431,19 @@ inline void micro_6x16(const float* xp, const float* wp, int64_t kc, float* c, i
 }
 
 inline void gemm_block(const GemmJob& job) {
-  float* const xp = job.scratch;                 // [kGemmMB / 6][KC][6]
-  float* const wp = xp + kGemmMB * kGemmKC;      // [kGemmNB / 16][KC][16]
+  float* const wp = job.scratch;  // [kGemmNB / 16][KC][16]
+  const int64_t K = job.k;
   const int64_t x_panels = (job.mb + kGemmMR - 1) / kGemmMR;
   const int64_t w_panels = (job.nb + kGemmNR - 1) / kGemmNR;
-  for (int64_t k0 = 0; k0 < job.k; k0 += kGemmKC) {
-    const int64_t kc = job.k - k0 < kGemmKC ? job.k - k0 : kGemmKC;
+  for (int64_t k0 = 0; k0 < K; k0 += kGemmKC) {
+    const int64_t kc = K - k0 < kGemmKC ? K - k0 : kGemmKC;
     with_src(job.weight_dtype, job.weight, [&](auto src, const auto* w) {
-      pack_weight<decltype(src)>(w, job.k, job.n0, job.nb, k0, kc, wp);
+      pack_weight<decltype(src)>(w, K, job.n0, job.nb, k0, kc, wp);
     });
-    with_src(job.x_dtype, job.x, [&](auto src, const auto* x) {
-      using Src = decltype(src);
-      alignas(32) float row[kGemmKC];
-      pack_x<Src>(x, job.x_stride, job.m0, job.mb, k0, kc, xp, row);
-    });
+    // A 16-column weight panel (16 KiB) stays in L1 while the block's x panels stream from L2.
     for (int64_t p = 0; p < w_panels; ++p)
       for (int64_t q = 0; q < x_panels; ++q)
-        micro_6x16(xp + q * kGemmKC * kGemmMR, wp + p * kGemmKC * kGemmNR, kc,
+        micro_6x16(job.xp + (q * K + k0) * kGemmMR, wp + p * kGemmKC * kGemmNR, kc,
                    job.c + q * kGemmMR * job.ldc + p * kGemmNR, job.ldc, k0 > 0);
   }
 }

@@ -24,6 +24,7 @@
 
 namespace pagedllm::linear_kernels {
 void gemv_avx2(const GemvJob& job) { avx2::gemv(job); }
+void pack_x_avx2(const PackXJob& job) { avx2::pack_x(job); }
 void gemm_block_avx2(const GemmJob& job) { avx2::gemm_block(job); }
 }  // namespace pagedllm::linear_kernels
 
@@ -37,6 +38,7 @@ void gemm_block_avx2(const GemmJob& job) { avx2::gemm_block(job); }
 #include "linear_tile.h"
 namespace pagedllm::linear_kernels {
 void gemv_avx2(const GemvJob& job) { gemv_portable(job); }  // never chosen off x86-64
+void pack_x_avx2(const PackXJob& job) { pack_x_portable(job); }
 void gemm_block_avx2(const GemmJob& job) { gemm_block_portable(job); }
 }  // namespace pagedllm::linear_kernels
 #endif

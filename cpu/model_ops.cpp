@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "cpu_stream.h"
+#include "float_rows.h"
 #include "pagedllm/convert.h"
 #include "pagedllm/model_ops.h"
 #include "thread_pool.h"
@@ -20,8 +21,6 @@ namespace pagedllm {
 namespace {
 
 // ---- element access ----------------------------------------------------------------------
-
-bool is_float(DType t) { return t == DType::Float32 || t == DType::Float16 || t == DType::BFloat16; }
 
 void check_float(const char* op, const char* name, DType t) {
   PAGEDLLM_CHECK(is_float(t), Unsupported, op, ": ", name, *name ? " " : "", "dtype ", dtype_name(t),
@@ -36,46 +35,6 @@ float sum_squares(const float* v, int64_t n) {
     for (int l = 0; l < 8; ++l) lanes[l] += v[i + l] * v[i + l];
   for (; i < n; ++i) lanes[i % 8] += v[i] * v[i];
   return ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]));
-}
-
-// n elements at p (of t) to float32.
-void load_row(const void* p, DType t, int64_t at, int64_t n, float* out) {
-  switch (t) {
-    case DType::Float16: {
-      const half_t* s = static_cast<const half_t*>(p) + at;
-      for (int64_t i = 0; i < n; ++i) out[i] = to_float(s[i]);
-      break;
-    }
-    case DType::BFloat16: {
-      const bfloat16_t* s = static_cast<const bfloat16_t*>(p) + at;
-      for (int64_t i = 0; i < n; ++i) out[i] = to_float(s[i]);
-      break;
-    }
-    default: {
-      const float* s = static_cast<const float*>(p) + at;
-      for (int64_t i = 0; i < n; ++i) out[i] = s[i];
-    }
-  }
-}
-
-// n float32 values to p (of t), rounded to nearest even.
-void store_row(void* p, DType t, int64_t at, int64_t n, const float* in) {
-  switch (t) {
-    case DType::Float16: {
-      half_t* d = static_cast<half_t*>(p) + at;
-      for (int64_t i = 0; i < n; ++i) d[i] = from_float<half_t>(in[i]);
-      break;
-    }
-    case DType::BFloat16: {
-      bfloat16_t* d = static_cast<bfloat16_t*>(p) + at;
-      for (int64_t i = 0; i < n; ++i) d[i] = from_float<bfloat16_t>(in[i]);
-      break;
-    }
-    default: {
-      float* d = static_cast<float*>(p) + at;
-      for (int64_t i = 0; i < n; ++i) d[i] = in[i];
-    }
-  }
 }
 
 // The value a float32 takes once stored as t.
