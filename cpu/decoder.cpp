@@ -2,6 +2,9 @@
 // Device-neutral: every op dispatches on the stream's device.
 #include "pagedllm/decoder.h"
 
+#include <initializer_list>
+#include <vector>
+
 #include "pagedllm/error.h"
 #include "pagedllm/model_ops.h"
 #include "pagedllm/paged_attention.h"
@@ -28,14 +31,25 @@ Pieces pieces(const DecoderModel& m, int64_t T, int64_t R) {
   return {T * H, T * H, T * Q, T * KV, T * KV, T * Q, T * H, T * H, T * 2 * I, T * I, T * H, T * H, R * H};
 }
 
-void project(const DecoderProjection& w, const void* x, int64_t x_stride, DType dtype, void* out, int64_t out_stride,
-             DType out_dtype, int64_t T, int64_t N, int64_t K, Stream& stream) {
-  if (w.is_awq) {
-    awq_linear(AwqLinearArgs{x, x_stride, dtype, w.awq, w.bias, w.bias_dtype, out, out_stride, out_dtype, T}, stream);
-  } else {
-    linear(LinearArgs{x, x_stride, dtype, w.weight, w.weight_dtype, w.bias, w.bias_dtype, out, out_stride, out_dtype, T, N, K},
-           stream);
+// One projection of x: out = x · Wᵀ (+ bias).
+struct Projection {
+  const DecoderProjection& w;
+  void* out;
+  int64_t out_stride, N;
+};
+
+// Projections of the same x ([T, K], row stride K, dtype A; outputs of dtype A): dense ones as one
+// linear_many (one pass of the CPU thread pool), AWQ ones one by one.
+void project(std::initializer_list<Projection> ps, const void* x, DType A, int64_t T, int64_t K, Stream& stream) {
+  std::vector<LinearArgs> dense;
+  for (const Projection& p : ps) {
+    if (p.w.is_awq) {
+      awq_linear(AwqLinearArgs{x, K, A, p.w.awq, p.w.bias, p.w.bias_dtype, p.out, p.out_stride, A, T}, stream);
+    } else {
+      dense.push_back(LinearArgs{x, K, A, p.w.weight, p.w.weight_dtype, p.w.bias, p.w.bias_dtype, p.out, p.out_stride, A, T, p.N, K});
+    }
   }
+  if (!dense.empty()) linear_many(dense.data(), dense.size(), stream);
 }
 
 }  // namespace
@@ -86,9 +100,7 @@ void decoder_forward(const DecoderModel& m, const DecoderStep& s, Stream& stream
     const DecoderLayer& w = m.layers[l];
     const DecoderCacheLayer& c = s.cache[l];
     norm(l == 0 ? residual : delta, l > 0, w.input_norm, w.norm_dtype, x);
-    project(w.q, x, H, A, q, Q, A, T, Q, H, stream);
-    project(w.k, x, H, A, k, KV, A, T, KV, H, stream);
-    project(w.v, x, H, A, v, KV, A, T, KV, H, stream);
+    project({{w.q, q, Q, Q}, {w.k, k, KV, KV}, {w.v, v, KV, KV}}, x, A, T, H, stream);
     rope(RopeArgs{q, Q, k, KV, A, s.positions, m.inv_freq, T, m.num_heads, m.num_kv_heads, D, m.rotary_dim}, stream);
     write_kv(WriteKvArgs{k, v, A, s.slot_mapping, T, c.key, c.value, c.key_scales, c.value_scales, s.cache_dtype, s.cache_shape},
              stream);
@@ -117,12 +129,11 @@ void decoder_forward(const DecoderModel& m, const DecoderStep& s, Stream& stream
     pa.alibi_slopes = nullptr;
     pa.softcap = 0;
     paged_attention(pa, stream);
-    project(w.o, attn, Q, A, o, H, A, T, H, Q, stream);
+    project({{w.o, o, H, H}}, attn, A, T, Q, stream);
     norm(o, true, w.post_norm, w.norm_dtype, h);
-    project(w.gate, h, H, A, gate_up, 2 * I, A, T, I, H, stream);
-    project(w.up, h, H, A, static_cast<char*>(gate_up) + I * dtype_size(A), 2 * I, A, T, I, H, stream);
+    project({{w.gate, gate_up, 2 * I, I}, {w.up, static_cast<char*>(gate_up) + I * dtype_size(A), 2 * I, I}}, h, A, T, H, stream);
     silu_mul(SiluMulArgs{gate_up, 2 * I, act, A, T, I}, stream);
-    project(w.down, act, I, A, delta, H, A, T, H, I, stream);
+    project({{w.down, delta, H, H}}, act, A, T, I, stream);
   }
   if (m.layers.empty()) {
     norm(residual, false, m.final_norm, m.final_norm_dtype, final_);

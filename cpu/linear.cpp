@@ -3,6 +3,9 @@
 // The kernels are in linear_tile.h; semantics in include/pagedllm/model_ops.h.
 //
 // Work split:
+// linear_many runs several linears of one input as one pool pass (the same
+// tasks, drawn from every op's weight).
+//
 // - M ≤ 8 (decode): threads over chunks of weight rows; each chunk's rows are
 //   read once for all M tokens (linear_tile.h gemv). The activations are
 //   converted to float32 once per call (M · K floats, a few KiB).
@@ -64,71 +67,114 @@ Kernels kernels(CpuSimd simd) {
   return {gemv_portable, pack_x_portable, gemm_block_portable};
 }
 
-void run_gemv(const LinearArgs& a, const Kernels& kern) {
-  const int64_t M = a.num_tokens, N = a.out_features, K = a.in_features;
-  std::vector<float> x(M * K);
-  for (int64_t m = 0; m < M; ++m)
-    for (int64_t k = 0; k < K; ++k) x[m * K + k] = load(a.x, a.x_dtype, m * a.x_stride + k);
-  ThreadPool& pool = ThreadPool::global();
-  // Chunks of whole 64-byte lines of rows where possible; several per thread to even out.
-  const int64_t chunks_wanted = pool.size() > 1 ? 8 * pool.size() : 1;
-  const int64_t grain = std::max<int64_t>(8, (N + chunks_wanted - 1) / chunks_wanted / 8 * 8);
-  pool.parallel_for(N, grain, [&](int64_t n0, int64_t n1) {
-    thread_local std::vector<float> c;
-    c.resize(M * (n1 - n0));
-    linear_kernels::GemvJob job{x.data(), M, a.weight, a.weight_dtype, K, n0, n1, c.data(), n1 - n0};
-    kern.gemv(job);
-    out_of(a).store_tile(c.data(), n1 - n0, 0, M, n0, n1 - n0);
-  });
-}
+// A piece of work: rows [n0, n1) of linear `op`'s weight, for token rows [m0, m0 + mb) (gemm).
+struct Task {
+  int op;
+  int64_t n0, n1, m0, mb;
+};
 
-void run_gemm(const LinearArgs& a, const Kernels& kern) {
-  using namespace linear_kernels;
-  const int64_t M = a.num_tokens, N = a.out_features, K = a.in_features;
+// Every op shares x, M and K (check_many). M ≤ 8: x converted once; the ops' weight rows cut into
+// chunks of whole 64-byte lines where possible, several per thread to even out, one pool pass.
+void run_gemv(const std::vector<LinearArgs>& ops, const Kernels& kern) {
+  const LinearArgs& a0 = ops.front();
+  const int64_t M = a0.num_tokens, K = a0.in_features;
+  thread_local std::vector<float> x_storage;  // this runs on the stream's worker: one per stream
+  x_storage.resize(M * K);
+  float* const x = x_storage.data();
+  for (int64_t m = 0; m < M; ++m) load_row(a0.x, a0.x_dtype, m * a0.x_stride, K, x + m * K);
   ThreadPool& pool = ThreadPool::global();
-  // x once, in 6-row panels (every task of a token block reads the same panels).
-  const int64_t panels = (M + kGemmMR - 1) / kGemmMR;
-  thread_local AlignedFloats xp_storage;  // this runs on the stream's worker: one per stream
-  float* const xp = xp_storage.get(panels * K * kGemmMR);
-  pool.parallel_for(panels, 1, [&](int64_t q0, int64_t q1) {
-    kern.pack_x(PackXJob{a.x, a.x_stride, a.x_dtype, M, K, q0, q1, xp});
-  });
-  const int64_t n_blocks = (N + kGemmNB - 1) / kGemmNB;
-  // Token blocks: as few as possible (each packs the weights once), but enough tasks for the pool.
-  int64_t mb = std::min<int64_t>(kGemmMB, panels * kGemmMR);
-  const int64_t wanted = 4 * static_cast<int64_t>(pool.size());
-  while (mb > 4 * kGemmMR && n_blocks * ((M + mb - 1) / mb) < wanted) mb -= kGemmMR;
-  const int64_t m_blocks = (M + mb - 1) / mb;
-  constexpr int64_t ldc = kGemmNB;
-  pool.parallel_for(n_blocks * m_blocks, 1, [&](int64_t begin, int64_t end) {
-    thread_local AlignedFloats buffer;  // the c tile, then the weight pack
-    float* const c = buffer.get(kGemmMB * ldc + kGemmScratchFloats);
+  int64_t rows = 0;
+  for (const LinearArgs& a : ops) rows += a.out_features;
+  const int64_t chunks_wanted = pool.size() > 1 ? 8 * pool.size() : 1;
+  const int64_t grain = std::max<int64_t>(8, (rows + chunks_wanted - 1) / chunks_wanted / 8 * 8);
+  thread_local std::vector<Task> tasks;
+  tasks.clear();
+  for (size_t i = 0; i < ops.size(); ++i)
+    for (int64_t n0 = 0; n0 < ops[i].out_features; n0 += grain)
+      tasks.push_back({static_cast<int>(i), n0, std::min(ops[i].out_features, n0 + grain), 0, M});
+  const Task* const task = tasks.data();
+  pool.parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
+    thread_local std::vector<float> c;
     for (int64_t t = begin; t < end; ++t) {
-      // Token blocks vary fastest: consecutive tasks share a weight block (warm in L2/L3).
-      const int64_t nbk = t / m_blocks, mbk = t % m_blocks;
-      const int64_t m0 = mbk * mb, n0 = nbk * kGemmNB;
-      const int64_t rows = std::min(mb, M - m0), cols = std::min(kGemmNB, N - n0);
-      kern.gemm(GemmJob{xp + m0 * K, rows, a.weight, a.weight_dtype, K, n0, cols, c, ldc, c + kGemmMB * ldc});
-      out_of(a).store_tile(c, ldc, m0, rows, n0, cols);
+      const LinearArgs& a = ops[task[t].op];
+      const int64_t n0 = task[t].n0, n1 = task[t].n1;
+      c.resize(M * (n1 - n0));
+      kern.gemv(linear_kernels::GemvJob{x, M, a.weight, a.weight_dtype, K, n0, n1, c.data(), n1 - n0});
+      out_of(a).store_tile(c.data(), n1 - n0, 0, M, n0, n1 - n0);
     }
   });
 }
 
-void run_linear(const LinearArgs& a, CpuSimd simd) {
-  if (a.num_tokens == 0) return;
+// M > 8: x packed once in 6-row panels; tasks are (≤ kGemmMB tokens) × (≤ kGemmNB weight rows)
+// blocks of every op, one pool pass.
+void run_gemm(const std::vector<LinearArgs>& ops, const Kernels& kern) {
+  using namespace linear_kernels;
+  const LinearArgs& a0 = ops.front();
+  const int64_t M = a0.num_tokens, K = a0.in_features;
+  ThreadPool& pool = ThreadPool::global();
+  const int64_t panels = (M + kGemmMR - 1) / kGemmMR;
+  thread_local AlignedFloats xp_storage;
+  float* const xp = xp_storage.get(panels * K * kGemmMR);
+  pool.parallel_for(panels, 1, [&](int64_t q0, int64_t q1) {
+    kern.pack_x(PackXJob{a0.x, a0.x_stride, a0.x_dtype, M, K, q0, q1, xp});
+  });
+  int64_t n_blocks = 0;
+  for (const LinearArgs& a : ops) n_blocks += (a.out_features + kGemmNB - 1) / kGemmNB;
+  // Token blocks: as few as possible (each packs the weights once), but enough tasks for the pool.
+  int64_t mb = std::min<int64_t>(kGemmMB, panels * kGemmMR);
+  const int64_t wanted = 4 * static_cast<int64_t>(pool.size());
+  while (mb > 4 * kGemmMR && n_blocks * ((M + mb - 1) / mb) < wanted) mb -= kGemmMR;
+  thread_local std::vector<Task> tasks;
+  tasks.clear();
+  // Token blocks vary fastest: consecutive tasks share a weight block (warm in L2/L3).
+  for (size_t i = 0; i < ops.size(); ++i)
+    for (int64_t n0 = 0; n0 < ops[i].out_features; n0 += kGemmNB)
+      for (int64_t m0 = 0; m0 < M; m0 += mb)
+        tasks.push_back({static_cast<int>(i), n0, std::min(ops[i].out_features, n0 + kGemmNB), m0, std::min(mb, M - m0)});
+  const Task* const task = tasks.data();
+  constexpr int64_t ldc = kGemmNB;
+  pool.parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
+    thread_local AlignedFloats buffer;  // the c tile, then the weight pack
+    float* const c = buffer.get(kGemmMB * ldc + kGemmScratchFloats);
+    for (int64_t t = begin; t < end; ++t) {
+      const Task& k = task[t];
+      const LinearArgs& a = ops[k.op];
+      kern.gemm(GemmJob{xp + k.m0 * K, k.mb, a.weight, a.weight_dtype, K, k.n0, k.n1 - k.n0, c, ldc, c + kGemmMB * ldc});
+      out_of(a).store_tile(c, ldc, k.m0, k.mb, k.n0, k.n1 - k.n0);
+    }
+  });
+}
+
+void run_linears(const std::vector<LinearArgs>& ops, CpuSimd simd) {
+  if (ops.empty() || ops.front().num_tokens == 0) return;
   const Kernels kern = kernels(simd);
-  if (a.num_tokens <= linear_kernels::kGemvMaxRows) run_gemv(a, kern);
-  else run_gemm(a, kern);
+  if (ops.front().num_tokens <= linear_kernels::kGemvMaxRows) run_gemv(ops, kern);
+  else run_gemm(ops, kern);
+}
+
+// linear_many's ops must share the input.
+void check_many(const LinearArgs* args, size_t count) {
+  PAGEDLLM_CHECK(args || count == 0, InvalidArgument, "linear_many: null args");
+  for (size_t i = 0; i < count; ++i) {
+    check_linear(args[i]);
+    const LinearArgs& a = args[i];
+    PAGEDLLM_CHECK(a.x == args[0].x && a.x_stride == args[0].x_stride && a.x_dtype == args[0].x_dtype &&
+                       a.num_tokens == args[0].num_tokens && a.in_features == args[0].in_features,
+                   InvalidArgument, "linear_many: linear ", i,
+                   " has another input than linear 0 (x, x_stride, x_dtype, num_tokens and in_features must match)");
+  }
 }
 
 }  // namespace
 
 // ---- entry points ------------------------------------------------------------------------
 
-void linear_cpu(const LinearArgs& a, Stream& stream, CpuSimd simd) {
+void linear_many_cpu(const LinearArgs* args, size_t count, Stream& stream, CpuSimd simd) {
   PAGEDLLM_CHECK(cpu_simd_supported(simd), Unsupported, "linear: this CPU lacks AVX2, FMA or F16C");
-  as_cpu_stream(stream).enqueue([a, simd] { run_linear(a, simd); });
+  as_cpu_stream(stream).enqueue([ops = std::vector<LinearArgs>(args, args + count), simd] { run_linears(ops, simd); });
 }
+
+void linear_cpu(const LinearArgs& a, Stream& stream, CpuSimd simd) { linear_many_cpu(&a, 1, stream, simd); }
 
 void linear_cpu(const LinearArgs& a, Stream& stream) { linear_cpu(a, stream, cpu_simd()); }
 
@@ -137,6 +183,16 @@ void linear(const LinearArgs& a, Stream& stream) {
   if (a.num_tokens == 0) return;
   if (stream.device().is_cpu()) linear_cpu(a, stream);
   else linear_cuda(a, stream);
+}
+
+void linear_many(const LinearArgs* args, size_t count, Stream& stream) {
+  check_many(args, count);
+  if (count == 0 || args[0].num_tokens == 0) return;
+  if (stream.device().is_cpu()) {
+    linear_many_cpu(args, count, stream, cpu_simd());
+    return;
+  }
+  for (size_t i = 0; i < count; ++i) linear_cuda(args[i], stream);
 }
 
 }  // namespace pagedllm

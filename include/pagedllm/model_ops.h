@@ -161,6 +161,13 @@ void linear(const LinearArgs& args, Stream& stream);
 void linear_cpu(const LinearArgs& args, Stream& stream);
 void linear_cuda(const LinearArgs& args, Stream& stream);
 
+// Several linears of one input — the same x, x_stride, x_dtype, num_tokens and in_features, each
+// with its own weight, bias and out — as one op: the results are bit-identical to linear on each
+// in turn. CPU: x is converted (or packed) once and one fork/join of the thread pool covers every
+// weight's rows, where separate calls pay one each and leave threads idle at the end of small ones
+// (the decoder's q, k, v and gate, up projections). CUDA: linear on each.
+void linear_many(const LinearArgs* args, size_t count, Stream& stream);
+
 // The CPU kernels' instruction set, one choice for every CPU op (linear, awq_linear, paged
 // attention). Chosen at first use: AVX2 (+FMA, F16C) when the CPU and OS support it, else portable
 // C++; PAGEDLLM_SIMD=portable in the environment forces portable (PAGEDLLM_SIMD=avx2 asks for AVX2
@@ -174,5 +181,6 @@ std::vector<CpuSimd> cpu_simd_paths();
 // linear_cpu on a given path (tests and benchmarks compare both); ERR_UNSUPPORTED for Avx2 on a CPU
 // without it.
 void linear_cpu(const LinearArgs& args, Stream& stream, CpuSimd simd);
+void linear_many_cpu(const LinearArgs* args, size_t count, Stream& stream, CpuSimd simd);
 
 }  // namespace pagedllm

@@ -220,6 +220,41 @@ TEST(cpu_linear_dispatch_uses_the_chosen_path) {
   c.check(out, test::str("cpu dispatch (", cpu_simd_name(chosen), ")"));
 }
 
+TEST(cpu_linear_many_equals_linear_on_each) {
+  // q, k, v-like projections of one x (N 40, 24, 24 and a ragged 13), bias on some, float16 and
+  // float32 weights mixed; M on the gemv path and the gemm path (one token block and several).
+  for (CpuSimd simd : simd_paths())
+    for (int64_t M : {1, 5, 8, 9, 140}) {
+      const int64_t K = 70;
+      const int64_t Ns[] = {40, 24, 24, 13};
+      std::vector<test::LinearCase> cases;
+      for (int i = 0; i < 4; ++i)
+        cases.emplace_back(DType::Float16, i % 2 ? DType::Float32 : DType::Float16, DType::Float16, i == 1, M, Ns[i], K, false,
+                           static_cast<uint32_t>(900 + 10 * M + i));
+      // One shared input: every case reads case 0's x.
+      std::vector<HostTensor> many, one;
+      std::vector<LinearArgs> args;
+      for (const auto& c : cases) {
+        many.push_back(c.make_out());
+        one.push_back(c.make_out());
+      }
+      for (size_t i = 0; i < cases.size(); ++i)
+        args.push_back(cases[i].args(cases[0].x.data(), cases[i].weight.data(), cases[i].bias.data(), many[i].data()));
+      auto s = cpu();
+      linear_many_cpu(args.data(), args.size(), *s, simd);
+      for (size_t i = 0; i < cases.size(); ++i) {
+        LinearArgs a = args[i];
+        a.out = one[i].data();
+        linear_cpu(a, *s, simd);
+      }
+      s->synchronize();
+      for (size_t i = 0; i < cases.size(); ++i)
+        CHECK(many[i].bytes == one[i].bytes,
+              "linear_many differs from linear: ", cpu_simd_name(simd), " M ", M, " op ", i);
+      cases[0].check(many[0], test::str("linear_many cpu ", cpu_simd_name(simd)));
+    }
+}
+
 // ---- errors ------------------------------------------------------------------------------------
 
 TEST(cpu_model_ops_reject_bad_arguments) {
@@ -236,6 +271,12 @@ TEST(cpu_model_ops_reject_bad_arguments) {
   la = lc.args(out.data());
   la.in_features = 0;
   expect_error(ErrorCode::InvalidArgument, "must be positive", [&] { linear(la, *s); });
+  LinearArgs pair[2] = {lc.args(out.data()), lc.args(out.data())};
+  pair[1].num_tokens = 1;
+  expect_error(ErrorCode::InvalidArgument, "linear_many: linear 1 has another input than linear 0", [&] { linear_many(pair, 2, *s); });
+  pair[1] = lc.args(out.data());
+  pair[1].weight_dtype = DType::Int8;
+  expect_error(ErrorCode::Unsupported, "linear: weight dtype int8", [&] { linear_many(pair, 2, *s); });
 
   const test::RopeCase rc(DType::Float32, 2, 2, 1, 64, 64, 10000.0, true, 6);
   HostTensor qkv = rc.qkv;
