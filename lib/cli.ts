@@ -7,6 +7,7 @@
  * probes the backend in a child process; `pagedllm quantize` writes an AWQ checkpoint.
  * commander parses the arguments.
  */
+import { SingleBar } from 'cli-progress';
 import { Command } from 'commander';
 
 import { spawnSync } from 'node:child_process';
@@ -19,8 +20,43 @@ import { runDemo } from './demo';
 import { Engine } from './engine';
 import { readJsonObject } from './json-file';
 import { parseLlamaConfig } from './model';
+import { type LoadProgress } from './safetensors';
 import { Tokenizer } from './tokenizer';
 import { planMemory, type KvDType, type MemoryBudget, type MemoryPlan } from './planner';
+
+/**
+ * A weight-loading progress bar on stderr (cli-progress): drawn in place on a terminal; with
+ * `force` also when stderr is not one (a line per update, at most every 200 ms, and at the end).
+ * Null when neither.
+ */
+function loadProgressBar(force: boolean): { onLoadProgress: (p: LoadProgress) => void; stop: () => void } | null {
+  if (!force && !process.stderr.isTTY) return null;
+  const bar = new SingleBar({
+    stream: process.stderr, noTTYOutput: force, notTTYSchedule: 200, hideCursor: true, clearOnComplete: false,
+    format: 'loading weights [{bar}] {percentage}% | {doneMiB}/{totalMiB} MiB | {tensors} | {tensor}',
+  });
+  let state: 'idle' | 'drawing' | 'done' = 'idle';
+  const mib = (b: number): string => (b / 2 ** 20).toFixed(0);
+  const stop = (): void => {
+    if (state === 'drawing') bar.stop();
+    state = 'done';
+  };
+  return {
+    onLoadProgress: (p) => {
+      if (state === 'done') return;
+      const payload = { doneMiB: mib(p.bytesDone), totalMiB: mib(p.bytesTotal), tensors: `${p.tensorsDone}/${p.tensorsTotal} tensors`, tensor: p.tensor };
+      if (state === 'idle') {
+        bar.start(Math.max(1, p.bytesTotal), p.bytesDone, payload);
+        state = 'drawing';
+      } else {
+        bar.update(p.bytesDone, payload);
+      }
+      // Finished: end the bar before the engine logs its plan below it.
+      if (p.tensorsDone === p.tensorsTotal) stop();
+    },
+    stop,
+  };
+}
 
 function gib(bytes: number): string {
   return `${(bytes / 2 ** 30).toFixed(1)} GiB`;
@@ -169,7 +205,8 @@ program
   .option('--stop <text...>', 'stop when the text contains one of these')
   .option('--device <device>', 'cpu, cuda, cuda:N or auto', 'auto')
   .option('--json', 'print one JSON object')
-  .action(async (o: { model: string; prompt?: string; promptIds?: string; maxTokens: string; temperature: string; topK: string; topP: string; minP: string; seed?: string; n: string; stop?: string[]; device: string; json?: boolean }) => {
+  .option('--progress', 'show the weight-loading progress bar even when stderr is not a terminal')
+  .action(async (o: { model: string; prompt?: string; promptIds?: string; maxTokens: string; temperature: string; topK: string; topP: string; minP: string; seed?: string; n: string; stop?: string[]; device: string; json?: boolean; progress?: boolean }) => {
     if ((o.prompt === undefined) === (o.promptIds === undefined)) throw new InvalidArgumentError('give exactly one of --prompt and --prompt-ids');
     const maxTokens = parseNumber(o.maxTokens, '--max-tokens');
     const n = parseNumber(o.n, '--n');
@@ -177,10 +214,17 @@ program
     const config = parseLlamaConfig(await readJsonObject(configFile, 'config.json'), configFile);
     const promptTokenIds = o.promptIds !== undefined ? parseIds(o.promptIds, '--prompt-ids') : (await Tokenizer.fromFolder(o.model)).encode(o.prompt!);
     // Sized for this request: the KV cache holds n sequences of prompt + maxTokens.
-    const engine = await Engine.create({
-      model: o.model, device: o.device as DeviceSpec | 'auto', maxNumSeqs: Math.max(1, n), logger: o.json ? null : undefined,
-      maxModelLen: Math.min(config.maxPositionEmbeddings, promptTokenIds.length + Math.max(1, maxTokens)),
-    });
+    const progress = o.json ? null : loadProgressBar(o.progress === true);
+    let engine: Engine;
+    try {
+      engine = await Engine.create({
+        model: o.model, device: o.device as DeviceSpec | 'auto', maxNumSeqs: Math.max(1, n), logger: o.json ? null : undefined,
+        maxModelLen: Math.min(config.maxPositionEmbeddings, promptTokenIds.length + Math.max(1, maxTokens)),
+        onLoadProgress: progress?.onLoadProgress,
+      });
+    } finally {
+      progress?.stop();
+    }
     try {
       const stream = engine.generate({ promptTokenIds }, {
         maxTokens, n, stop: o.stop,

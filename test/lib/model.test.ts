@@ -369,6 +369,14 @@ test('generate (greedy) and `pagedllm generate --json` give the reference\'s gre
   const out = JSON.parse(run.stdout) as { choices: { tokenIds: number[]; finishReason: string }[]; usage: { promptTokens: number; completionTokens: number } };
   expect(out.choices[0]!.tokenIds).toEqual(r.tokenIds);
   expect(out.usage).toEqual({ promptTokens: 5, completionTokens: 5 });
+  expect(run.stderr).not.toContain('loading weights');  // --json: no progress bar
+  // The loading progress bar (forced: stderr is a pipe here), on stderr, finished before the plan.
+  const shown = spawnSync(process.execPath, [cli, 'generate', '--model', dir, '--prompt-ids', prompt.join(','), '--max-tokens', '2', '--device', 'cpu', '--progress'], { encoding: 'utf8' });
+  expect(shown.status).toBe(0);
+  const bar = shown.stderr.split('\n').filter((l) => l.startsWith('loading weights ['));
+  expect(bar.length).toBeGreaterThan(0);
+  expect(bar[bar.length - 1]).toMatch(/\] 100% \| \d+\/\d+ MiB \| (\d+)\/\1 tensors \| /);
+  expect(shown.stderr.indexOf('loading weights [')).toBeLessThan(shown.stderr.indexOf('memory plan'));
   fs.writeFileSync(path.join(dir, 'model.safetensors'), 'not a safetensors file');
   const bad = spawnSync(process.execPath, [cli, 'generate', '--model', dir, '--prompt-ids', '1,2', '--device', 'cpu'], { encoding: 'utf8' });
   expect(bad.status).not.toBe(0);
