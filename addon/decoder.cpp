@@ -117,9 +117,9 @@ Napi::Value DecoderWorkspaceBytes(const Napi::CallbackInfo& info) {
                                                                                     arg_int(info, 2, "numLogitRows"))));
 }
 
-// decoderForward(decoder, stream, numTokens, numSeqs, maxBlocksPerSeq, maxSeqLen, maxQueryLen, numLogitRows (0: all rows),
+// decoderForward(decoder, stream, numTokens, numSeqs, maxBlocksPerSeq, maxSeqLen, maxQueryLen, numLogitRows,
 //                cacheDtype, shape, ids, off, positions, off, slots, off, blockTables, off, seqLens, off,
-//                cuSeqLensQ|null, off, logitRows|null, off, workspace, off, logits, off,
+//                cuSeqLensQ|null, off, logitRows|null (null: all numTokens rows), off, workspace, off, logits, off,
 //                then per layer: key, off, value, off, keyScales|null, off, valueScales|null, off)
 Napi::Value DecoderForward(const Napi::CallbackInfo& info) {
   const DecoderModel& m = unwrap_decoder(info, 0);
@@ -143,8 +143,8 @@ Napi::Value DecoderForward(const Napi::CallbackInfo& info) {
   s.block_tables = ints(16, s.num_seqs * s.max_blocks_per_seq);
   s.seq_lens = ints(18, s.num_seqs);
   s.cu_seqlens_q = ints(20, s.num_seqs + 1, true);
-  s.logit_rows = rows > 0 ? ints(22, rows) : nullptr;
-  s.num_logit_rows = rows > 0 ? rows : T;
+  s.logit_rows = ints(22, rows, true);
+  s.num_logit_rows = rows;
   s.workspace = arg_region(info, 24, decoder_workspace_bytes(m, T, s.num_logit_rows), stream);
   s.logits = reinterpret_cast<float*>(arg_region(info, 26, static_cast<size_t>(s.num_logit_rows * m.vocab_size) * 4, stream));
   const size_t cache_bytes = static_cast<size_t>(s.cache_shape.elements()) * kv_dtype_size(s.cache_dtype);

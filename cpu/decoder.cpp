@@ -66,7 +66,9 @@ void decoder_forward(const DecoderModel& m, const DecoderStep& s, Stream& stream
   PAGEDLLM_CHECK(T > 0, InvalidArgument, "decoder: the step has no tokens");
   PAGEDLLM_CHECK(s.cache.size() == m.layers.size(), InvalidArgument, "decoder: the cache has ", s.cache.size(),
                  " layers, the model ", m.layers.size());
-  const int64_t R = s.logit_rows ? s.num_logit_rows : T;
+  const int64_t R = s.num_logit_rows;
+  PAGEDLLM_CHECK(s.logit_rows ? R >= 0 : R == T, InvalidArgument, "decoder: ", R, " logit rows ",
+                 s.logit_rows ? "(negative)" : "without row indices (all rows: num_tokens, ", T, ")");
   const DType A = m.dtype;
   char* cursor = static_cast<char*>(s.workspace);
   auto take = [&](int64_t n) {
@@ -135,6 +137,7 @@ void decoder_forward(const DecoderModel& m, const DecoderStep& s, Stream& stream
     silu_mul(SiluMulArgs{gate_up, 2 * I, act, A, T, I}, stream);
     project({{w.down, delta, H, H}}, act, A, T, I, stream);
   }
+  if (R == 0) return;
   if (m.layers.empty()) {
     norm(residual, false, m.final_norm, m.final_norm_dtype, final_);
   } else {

@@ -748,7 +748,7 @@ export class Engine {
       }
     });
     const logits = this.model.forward(this.cache!, {
-      tokenIds, positions, slotMapping, blockTables, seqLens, cuSeqLensQ, logitRows: logitRows.length > 0 ? logitRows : [T - 1],
+      tokenIds, positions, slotMapping, blockTables, seqLens, cuSeqLensQ, logitRows,  // none: a prompt chunk that samples nothing
     });
     let values: Float32Array;
     try {

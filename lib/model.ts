@@ -281,7 +281,8 @@ export class Model {
 
   /**
    * One step: writes the new tokens' K/V into `cache` and returns float32 logits
-   * [logitRows.length, vocabSize] (on this model's device).
+   * [logitRows.length, vocabSize] (on this model's device); every row's without logitRows, none
+   * (a [0, vocabSize] tensor: no final norm or lm_head) with an empty one.
    */
   forward(cache: KvCache, batch: ForwardBatch, options: ForwardOptions = {}): Tensor {
     if (!this.weights) throw new InvalidArgumentError('Model has been disposed');
@@ -348,6 +349,7 @@ export class Model {
         capture?.(`${p}mlp.down_proj`, act);
         delta = keep(project(act, w.down, null));
       }
+      if (rows?.length === 0) return Tensor.empty([0, c.vocabSize], { dtype: 'float32', stream, category: 'activations' });
       const final = keep(rmsNorm(delta!, this.norm, c.rmsNormEps, { residual }));
       const picked = rows ? keep(embedding(keep(Tensor.fromArray(rows, [rows.length], opts)), final)) : final;
       return linear(picked, this.lmHead, null, { dtype: 'float32' });
@@ -366,7 +368,7 @@ export class Model {
     const temps: Array<{ dispose(): void }> = [];
     try {
       // ids, positions, slots and logit rows in one upload.
-      const R = rows ? rows.length : 0;
+      const R = rows ? rows.length : T;
       const packed = new Int32Array(3 * T + R);
       packed.set(batch.tokenIds, 0);
       packed.set(batch.positions, T);
@@ -377,9 +379,9 @@ export class Model {
       const meta = uploadAttentionMetadata(cache, T, { blockTables: batch.blockTables, seqLens: batch.seqLens, cuSeqLensQ: batch.cuSeqLensQ, slidingWindow: c.slidingWindow });
       temps.push(meta);
       const [numSeqs, maxBlocksPerSeq] = meta.blockTables.shape as [number, number];
-      const workspace = Tensor.empty([native().decoderWorkspaceBytes(decoder, T, R || T)], { dtype: 'uint8', stream, category: 'activations' });
+      const workspace = Tensor.empty([native().decoderWorkspaceBytes(decoder, T, R)], { dtype: 'uint8', stream, category: 'activations' });
       temps.push(workspace);
-      const logits = Tensor.empty([R || T, c.vocabSize], { dtype: 'float32', stream, category: 'activations' });
+      const logits = Tensor.empty([R, c.vocabSize], { dtype: 'float32', stream, category: 'activations' });
       try {
         const [h, off] = ints.nativeRegion();
         const at = (i: number): [NativeBufferHandle, number] => [h, off + 4 * i];

@@ -77,7 +77,9 @@ struct DecoderStep {
   KvCacheDType cache_dtype;
   KvCacheShape cache_shape;
   std::vector<DecoderCacheLayer> cache;
-  // Rows whose logits are wanted: null for all num_tokens rows.
+  // Rows whose logits are wanted: num_logit_rows indices, or null for all rows (num_logit_rows is
+  // then num_tokens). num_logit_rows 0: no logits, the step only writes the cache (a prompt chunk
+  // that samples nothing skips the final norm and lm_head).
   const int32_t* logit_rows;
   int64_t num_logit_rows;
   void* workspace;  // decoder_workspace_bytes(model, num_tokens, num_logit_rows) bytes

@@ -195,7 +195,10 @@ const variants: Array<[string, Omit<TestModelOptions, 'out'>]> = [
   ['llama, float16 storage, 2 shards', { ...base, arch: 'llama', dtype: 'float16', shards: 2, seed: 8 }],
 ];
 
-/** Logits of a mixed step (a 7-token prefill chunk and a decode row, two logit rows) and a decode step. */
+/**
+ * Logits of a prompt step that wants none (logitRows [], it only writes the cache), a mixed step (a
+ * 7-token prefill chunk and a decode row, two logit rows) and a decode step.
+ */
 async function twoSteps(model: Model, composition: 'native' | 'ops', kvDtype: 'float32' | 'float16' = 'float16'): Promise<Float32Array[]> {
   const cache = new KvCache({ ...model.kvCacheShape(), numBlocks: 8, blockSize: 16, kvDtype });
   const blocks = new BlockManager({ numBlocks: 8, blockSize: 16 });
@@ -206,7 +209,7 @@ async function twoSteps(model: Model, composition: 'native' | 'ops', kvDtype: 'f
     logits.dispose();
   };
   const sb = blocks.allocateSlots('b', 3)!;
-  await step({ tokenIds: Int32Array.of(2, 4, 6), positions: Int32Array.of(0, 1, 2), slotMapping: sb.slotMapping, blockTables: [[...blocks.blockTable('b')]], seqLens: [3], cuSeqLensQ: [0, 3] });
+  await step({ tokenIds: Int32Array.of(2, 4, 6), positions: Int32Array.of(0, 1, 2), slotMapping: sb.slotMapping, blockTables: [[...blocks.blockTable('b')]], seqLens: [3], cuSeqLensQ: [0, 3], logitRows: [] });
   const sa = blocks.allocateSlots('a', 7)!;
   const sb2 = blocks.allocateSlots('b', 1)!;
   await step({
@@ -226,14 +229,15 @@ async function twoSteps(model: Model, composition: 'native' | 'ops', kvDtype: 'f
 /** The native decoder issues the per-op path's kernels in the same order: bit-identical logits. */
 async function expectCompositionsIdentical(model: Model): Promise<void> {
   const [native, ops] = [await twoSteps(model, 'native'), await twoSteps(model, 'ops')];
-  expect(native.map((l) => l.length)).toEqual(ops.map((l) => l.length));
+  const V = model.config.vocabSize;
+  expect(native.map((l) => l.length)).toEqual([0, 2 * V, 2 * V]);
+  expect(ops.map((l) => l.length)).toEqual([0, 2 * V, 2 * V]);
   native.forEach((l, i) => {
     let differing = 0;
     for (let j = 0; j < l.length; j++) if (!Object.is(l[j], ops[i]![j])) differing++;
     expect(`step ${i}: ${differing} of ${l.length} logits differ`).toBe(`step ${i}: 0 of ${l.length} logits differ`);
   });
   // Not a vacuous comparison: the two sequences' logits differ.
-  const V = model.config.vocabSize;
   expect(Array.from(native[2]!.subarray(0, 8))).not.toEqual(Array.from(native[2]!.subarray(V, V + 8)));
 }
 
