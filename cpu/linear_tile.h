@@ -137,7 +137,14 @@ inline void gemv_rows(const GemvJob& job, const typename Src::T* w, int64_t j, i
   for (int i = 0; i < M; ++i)
 #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) acc[i][r] = _mm256_setzero_ps();
+  // The first pass over these rows requests each row's line 1 KiB ahead (a second pass, for
+  // activation rows 4–7, finds them in L1).
+  constexpr int64_t kAhead = 1024 / sizeof(typename Src::T), kLine = 64 / sizeof(typename Src::T);
+  const bool prefetch = i0 == 0;
   for (; k + 8 <= K; k += 8) {
+    if (prefetch && k % kLine == 0)
+#pragma GCC unroll 8
+      for (int r = 0; r < NR; ++r) __builtin_prefetch(row[r] + k + kAhead, 0, 3);
 #pragma GCC unroll 8
     for (int r = 0; r < NR; ++r) {
       const __m256 wv = Src::load8(row[r] + k);
