@@ -92,10 +92,16 @@ export function sampleToken(logits: Float32Array, params: SamplingParams, rng: R
   const p = checkSamplingParams(params);
   const V = logits.length;
   if (V === 0) throw new InvalidArgumentError('sampling: empty logits');
-  const x = Float64Array.from(logits);
+  const penalized = p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0;
+  if (p.temperature === 0 && !penalized) {  // greedy on the logits as they are: no float64 copy
+    let best = 0;
+    for (let i = 1; i < V; i++) if (logits[i]! > logits[best]!) best = i;
+    return { tokenId: best, logprob: wantLogprob ? logSoftmaxAt(logits, best) : NaN };
+  }
+  const x = workingCopy(logits);
   // Penalties (vLLM order: repetition on prompt + output, then presence / frequency on output).
   const output = context.output ?? [];
-  if (p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0) {
+  if (penalized) {
     const counts = new Map<number, number>();
     for (let i = 0; i < output.length; i++) counts.set(output[i]!, (counts.get(output[i]!) ?? 0) + 1);
     if (p.repetitionPenalty !== 1) {
@@ -229,10 +235,22 @@ function kthLargest(values: Float64Array, k: number): number {
   return a[target]!;
 }
 
-function logSoftmaxAt(x: Float64Array, id: number): number {
+/**
+ * `logits` as float64 in a buffer kept between calls (sampleToken's scratch: it runs every step
+ * for every sequence, and a fresh 256 KiB-1 MiB array each time is garbage for the collector).
+ */
+let scratch = new Float64Array(0);
+function workingCopy(logits: Float32Array): Float64Array {
+  if (scratch.length !== logits.length) scratch = new Float64Array(logits.length);
+  scratch.set(logits);
+  return scratch;
+}
+
+function logSoftmaxAt(x: Float64Array | Float32Array, id: number): number {
+  const n = x.length;
   let max = -Infinity;
-  for (const v of x) if (v > max) max = v;
+  for (let i = 0; i < n; i++) if (x[i]! > max) max = x[i]!;
   let sum = 0;
-  for (const v of x) sum += Math.exp(v - max);
+  for (let i = 0; i < n; i++) sum += Math.exp(x[i]! - max);
   return x[id]! - max - Math.log(sum);
 }
