@@ -41,6 +41,10 @@ CpuStream::~CpuStream() {
 }
 
 void CpuStream::enqueue(std::function<void()> task) {
+  if (std::this_thread::get_id() == worker_.get_id()) {
+    task();
+    return;
+  }
   bool wake;
   {
     std::lock_guard<std::mutex> lock(mutex_);

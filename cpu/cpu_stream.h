@@ -35,7 +35,10 @@ class CpuStream final : public Stream {
   CpuStream& operator=(const CpuStream&) = delete;
 
   Device device() const override { return Device{DeviceKind::Cpu, 0}; }
-  // Queues `task`; an exception it throws is kept as the stream's failure.
+  // Queues `task`; an exception it throws is kept as the stream's failure. Called from a task of
+  // this stream (on its worker), runs `task` at once instead: it comes next in stream order, and a
+  // task that issues ops (the CPU decoder step) runs them without a queue round trip each; an
+  // exception then propagates to the enclosing task.
   void enqueue(std::function<void()> task);
   void enqueue_host(std::function<void()> fn) override { enqueue(std::move(fn)); }
   std::shared_ptr<Event> record() override;

@@ -89,7 +89,9 @@ struct DecoderStep {
 // Bytes of activations a step of `num_tokens` tokens (and `num_logit_rows` logit rows) carves up.
 size_t decoder_workspace_bytes(const DecoderModel& model, int64_t num_tokens, int64_t num_logit_rows);
 
-// Issues the step's ops on `stream` (the ops validate their arguments as always).
+// Issues the step's ops on `stream` (the ops validate their arguments as always). On a CPU stream
+// the step is one task that runs them on the stream's worker: an argument an op rejects then
+// surfaces as the stream's failure (at the next synchronize or download), not as a throw here.
 void decoder_forward(const DecoderModel& model, const DecoderStep& step, Stream& stream);
 
 }  // namespace pagedllm

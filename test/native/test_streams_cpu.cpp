@@ -53,6 +53,39 @@ TEST(event_orders_work_across_cpu_streams) {
   CHECK(seen == 42);
 }
 
+TEST(work_a_task_enqueues_on_its_own_stream_runs_inline_in_order) {
+  // The CPU decoder step is one task that issues its ops on its own stream: they run at once, in
+  // order, before anything queued later from outside; a failure among them fails the stream.
+  CpuStream stream;
+  std::vector<int> order;
+  std::atomic<bool> release{false};
+  stream.enqueue([&] {
+    while (!release) std::this_thread::yield();
+    order.push_back(0);
+    for (int i = 1; i <= 3; ++i) stream.enqueue([&order, i] { order.push_back(i); });
+    auto event = stream.record();
+    CHECK(event->query(), "an event recorded from the worker is complete when the task moves on");
+    order.push_back(4);
+  });
+  stream.enqueue([&] { order.push_back(5); });
+  release = true;
+  stream.synchronize();
+  CHECK(order == std::vector<int>({0, 1, 2, 3, 4, 5}), "order ", order.size());
+  stream.enqueue([&] {
+    stream.enqueue([] { PAGEDLLM_FAIL(InvalidArgument, "inner op rejected"); });
+    order.push_back(99);  // not reached: the inner failure ends the enclosing task
+  });
+  stream.enqueue([&] { order.push_back(6); });
+  bool threw = false;
+  try {
+    stream.synchronize();
+  } catch (const Error& e) {
+    threw = e.code() == ErrorCode::InvalidArgument && std::string(e.what()) == "inner op rejected";
+  }
+  CHECK(threw, "synchronize must rethrow the inner failure");
+  CHECK(order.back() == 6, "work after the failed task still runs");
+}
+
 TEST(failure_in_queued_work_is_reported_once_at_synchronize) {
   CpuStream stream;
   bool after = false;
