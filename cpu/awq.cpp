@@ -55,11 +55,15 @@ void check_awq_dequantize(const AwqDequantizeArgs& a) {
 
 LinearOut out_of(const AwqLinearArgs& a) { return {a.out, a.out_dtype, a.out_stride, a.bias, a.bias_dtype}; }
 
-void run_gemv(const AwqLinearArgs& a, CpuSimd simd) {
+// M ≤ 8, for one or more ops of one input (awq_linear_many: same x, M, K and group size). x and
+// its block sums are computed once. Jobs are row ranges (whole blocks) of an op's weight: each
+// streams a contiguous stretch of it; their partial outputs [jobs][M][N] are summed afterwards (a
+// few hundred KiB at most). Every op's jobs are one pool pass, every op's sums another.
+void run_gemv(const std::vector<AwqLinearArgs>& ops, CpuSimd simd) {
   using namespace awq_kernels;
-  const AwqWeight& w = a.weight;
-  const int64_t M = a.num_tokens, K = w.in_features, N = w.out_features;
-  const int64_t kb = awq_gemv_block_rows(w.group_size), blocks = (K + kb - 1) / kb;
+  const AwqLinearArgs& a0 = ops.front();
+  const int64_t M = a0.num_tokens, K = a0.weight.in_features;
+  const int64_t kb = awq_gemv_block_rows(a0.weight.group_size), blocks = (K + kb - 1) / kb;
   // Reused across calls (this runs on the stream's worker): a fresh buffer of this size would be
   // mmap-ed and page-faulted in on every call, a sizeable part of a 0.5 ms decode GEMV.
   // (thread_local: the lambdas below run on other threads, so they use the pointers, never the names.)
@@ -68,34 +72,61 @@ void run_gemv(const AwqLinearArgs& a, CpuSimd simd) {
   xsum_storage.resize(M * blocks);
   float* const x = x_storage.data();
   float* const xsum = xsum_storage.data();
-  for (int64_t m = 0; m < M; ++m)
+  for (int64_t m = 0; m < M; ++m) {
+    load_row(a0.x, a0.x_dtype, m * a0.x_stride, K, x + m * K);
     for (int64_t b = 0; b < blocks; ++b) {
       float sum = 0.0f;
-      for (int64_t k = b * kb; k < std::min(K, (b + 1) * kb); ++k) sum += (x[m * K + k] = load(a.x, a.x_dtype, m * a.x_stride + k));
+      for (int64_t k = b * kb; k < std::min(K, (b + 1) * kb); ++k) sum += x[m * K + k];
       xsum[m * blocks + b] = sum;
     }
-  // Jobs are row ranges (whole blocks): each streams a contiguous stretch of the weight; their
-  // partial outputs [jobs][M][N] are summed afterwards (a few hundred KiB at most).
+  }
   ThreadPool& pool = ThreadPool::global();
   const int64_t jobs_wanted = pool.size() > 1 ? 4 * pool.size() : 1;
   const int64_t grain = std::max<int64_t>(1, (blocks + jobs_wanted - 1) / jobs_wanted), jobs = (blocks + grain - 1) / grain;
-  partial_storage.resize(jobs * M * N);  // every element is written by its job
+  // Op i's partial sums start at partial + offset[i]; job t is op t / jobs, blocks of job t % jobs.
+  thread_local std::vector<int64_t> offset_storage;
+  offset_storage.assign(ops.size() + 1, 0);
+  for (size_t i = 0; i < ops.size(); ++i) offset_storage[i + 1] = offset_storage[i] + jobs * M * ops[i].weight.out_features;
+  partial_storage.resize(offset_storage.back());  // every element is written by its job
   float* const partial = partial_storage.data();
+  const int64_t* const offset = offset_storage.data();
   auto gemv = simd == CpuSimd::Avx2 ? gemv_avx2 : gemv_portable;
-  pool.parallel_for(blocks, grain, [&](int64_t b0, int64_t b1) {
+  pool.parallel_for(static_cast<int64_t>(ops.size()) * jobs, 1, [&](int64_t t0, int64_t t1) {
     thread_local AlignedFloats scratch;
-    AwqGemvJob job{x, xsum, M, &w, b0 * kb, std::min(K, b1 * kb), 0, N / 8, partial + (b0 / grain) * M * N, N,
-                   scratch.get(awq_gemv_scratch_floats(M, N / 8))};
-    gemv(job);
+    for (int64_t t = t0; t < t1; ++t) {
+      const AwqLinearArgs& a = ops[t / jobs];
+      const int64_t N = a.weight.out_features, b0 = (t % jobs) * grain, b1 = std::min(blocks, b0 + grain);
+      AwqGemvJob job{x, xsum, M, &a.weight, b0 * kb, std::min(K, b1 * kb), 0, N / 8, partial + offset[t / jobs] + (t % jobs) * M * N,
+                     N, scratch.get(awq_gemv_scratch_floats(M, N / 8))};
+      gemv(job);
+    }
   });
-  const int64_t cols_per_task = std::max<int64_t>(64, (N + 4 * pool.size() - 1) / (4 * pool.size()));
-  pool.parallel_for(N, cols_per_task, [&](int64_t n0, int64_t n1) {
+  // The sums: column ranges of every op.
+  int64_t columns = 0;
+  for (const AwqLinearArgs& a : ops) columns += a.weight.out_features;
+  const int64_t cols_per_task = std::max<int64_t>(64, (columns + 4 * pool.size() - 1) / (4 * pool.size()));
+  struct Cols {
+    size_t op;
+    int64_t n0, n1;
+  };
+  thread_local std::vector<Cols> tasks;
+  tasks.clear();
+  for (size_t i = 0; i < ops.size(); ++i)
+    for (int64_t n0 = 0; n0 < ops[i].weight.out_features; n0 += cols_per_task)
+      tasks.push_back({i, n0, std::min(ops[i].weight.out_features, n0 + cols_per_task)});
+  const Cols* const task = tasks.data();
+  pool.parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> y;
-    y.assign(M * (n1 - n0), 0.0f);
-    for (int64_t j = 0; j < jobs; ++j)
-      for (int64_t m = 0; m < M; ++m)
-        for (int64_t n = n0; n < n1; ++n) y[m * (n1 - n0) + n - n0] += partial[(j * M + m) * N + n];
-    out_of(a).store_tile(y.data(), n1 - n0, 0, M, n0, n1 - n0);
+    for (int64_t t = t0; t < t1; ++t) {
+      const AwqLinearArgs& a = ops[task[t].op];
+      const int64_t N = a.weight.out_features, n0 = task[t].n0, n1 = task[t].n1;
+      const float* p = partial + offset[task[t].op];
+      y.assign(M * (n1 - n0), 0.0f);
+      for (int64_t j = 0; j < jobs; ++j)
+        for (int64_t m = 0; m < M; ++m)
+          for (int64_t n = n0; n < n1; ++n) y[m * (n1 - n0) + n - n0] += p[(j * M + m) * N + n];
+      out_of(a).store_tile(y.data(), n1 - n0, 0, M, n0, n1 - n0);
+    }
   });
 }
 
@@ -126,11 +157,29 @@ void run_gemm(const AwqLinearArgs& a, CpuSimd simd) {
   });
 }
 
-void run_awq_linear(const AwqLinearArgs& a, CpuSimd simd) {
-  if (a.num_tokens == 0) return;
-  if (a.num_tokens <= awq_kernels::kAwqGemvMaxRows) run_gemv(a, simd);
-  else run_gemm(a, simd);
+void run_awq_linears(const std::vector<AwqLinearArgs>& ops, CpuSimd simd) {
+  if (ops.empty() || ops.front().num_tokens == 0) return;
+  if (ops.front().num_tokens <= awq_kernels::kAwqGemvMaxRows) {
+    run_gemv(ops, simd);
+    return;
+  }
+  for (const AwqLinearArgs& a : ops) run_gemm(a, simd);
 }
+
+// awq_linear_many's ops must share the input (and the group size: the activations' block sums).
+void check_many(const AwqLinearArgs* args, size_t count) {
+  PAGEDLLM_CHECK(args || count == 0, InvalidArgument, "awq_linear_many: null args");
+  for (size_t i = 0; i < count; ++i) {
+    check_awq_linear(args[i]);
+    const AwqLinearArgs& a = args[i];
+    PAGEDLLM_CHECK(a.x == args[0].x && a.x_stride == args[0].x_stride && a.x_dtype == args[0].x_dtype &&
+                       a.num_tokens == args[0].num_tokens && a.weight.in_features == args[0].weight.in_features &&
+                       a.weight.group_size == args[0].weight.group_size,
+                   InvalidArgument, "awq_linear_many: linear ", i,
+                   " has another input than linear 0 (x, x_stride, x_dtype, num_tokens, in_features and group_size must match)");
+  }
+}
+
 
 // Rows [k0, k1) of W, word by word: the 8 codes of a word in column order, each (q − z)·s rounded
 // once to float16 — the same value as awq_reference_weight, computed without it.
@@ -156,10 +205,12 @@ void dequantize_rows(const AwqDequantizeArgs& a, int64_t k0, int64_t k1) {
 
 // ---- entry points --------------------------------------------------------------------------------
 
-void awq_linear_cpu(const AwqLinearArgs& a, Stream& stream, CpuSimd simd) {
+void awq_linear_many_cpu(const AwqLinearArgs* args, size_t count, Stream& stream, CpuSimd simd) {
   PAGEDLLM_CHECK(cpu_simd_supported(simd), Unsupported, "awq_linear: this CPU lacks AVX2, FMA or F16C");
-  as_cpu_stream(stream).enqueue([a, simd] { run_awq_linear(a, simd); });
+  as_cpu_stream(stream).enqueue([ops = std::vector<AwqLinearArgs>(args, args + count), simd] { run_awq_linears(ops, simd); });
 }
+
+void awq_linear_cpu(const AwqLinearArgs& a, Stream& stream, CpuSimd simd) { awq_linear_many_cpu(&a, 1, stream, simd); }
 
 void awq_linear_cpu(const AwqLinearArgs& a, Stream& stream) { awq_linear_cpu(a, stream, cpu_simd()); }
 
@@ -168,6 +219,16 @@ void awq_linear(const AwqLinearArgs& a, Stream& stream) {
   if (a.num_tokens == 0) return;
   if (stream.device().is_cpu()) awq_linear_cpu(a, stream);
   else awq_linear_cuda(a, stream);
+}
+
+void awq_linear_many(const AwqLinearArgs* args, size_t count, Stream& stream) {
+  check_many(args, count);
+  if (count == 0 || args[0].num_tokens == 0) return;
+  if (stream.device().is_cpu()) {
+    awq_linear_many_cpu(args, count, stream, cpu_simd());
+    return;
+  }
+  for (size_t i = 0; i < count; ++i) awq_linear_cuda(args[i], stream);
 }
 
 void awq_dequantize_cpu(const AwqDequantizeArgs& a, Stream& stream) {

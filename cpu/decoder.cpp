@@ -40,18 +40,27 @@ struct Projection {
   int64_t out_stride, N;
 };
 
-// Projections of the same x ([T, K], row stride K, dtype A; outputs of dtype A): dense ones as one
-// linear_many (one pass of the CPU thread pool), AWQ ones one by one.
+// Projections of the same x ([T, K], row stride K, dtype A; outputs of dtype A): the dense ones as
+// one linear_many, the AWQ ones as one awq_linear_many (one pass of the CPU thread pool each; AWQ
+// weights of different group sizes one by one).
 void project(std::initializer_list<Projection> ps, const void* x, DType A, int64_t T, int64_t K, Stream& stream) {
   std::vector<LinearArgs> dense;
+  std::vector<AwqLinearArgs> awq;
   for (const Projection& p : ps) {
     if (p.w.is_awq) {
-      awq_linear(AwqLinearArgs{x, K, A, p.w.awq, p.w.bias, p.w.bias_dtype, p.out, p.out_stride, A, T}, stream);
+      awq.push_back(AwqLinearArgs{x, K, A, p.w.awq, p.w.bias, p.w.bias_dtype, p.out, p.out_stride, A, T});
     } else {
       dense.push_back(LinearArgs{x, K, A, p.w.weight, p.w.weight_dtype, p.w.bias, p.w.bias_dtype, p.out, p.out_stride, A, T, p.N, K});
     }
   }
   if (!dense.empty()) linear_many(dense.data(), dense.size(), stream);
+  bool same_groups = true;
+  for (const AwqLinearArgs& a : awq) same_groups = same_groups && a.weight.group_size == awq.front().weight.group_size;
+  if (same_groups && !awq.empty()) {
+    awq_linear_many(awq.data(), awq.size(), stream);
+  } else {
+    for (const AwqLinearArgs& a : awq) awq_linear(a, stream);
+  }
 }
 
 }  // namespace

@@ -158,6 +158,14 @@ void awq_linear_cuda(const AwqLinearArgs& args, Stream& stream);
 // a CPU without it.
 void awq_linear_cpu(const AwqLinearArgs& args, Stream& stream, CpuSimd simd);
 
+// Several AWQ linears of one input — the same x, x_stride, x_dtype, num_tokens, in_features and
+// group_size, each with its own weight, bias and out — as one op, bit-identical to awq_linear on
+// each (linear_many's AWQ twin). CPU, M ≤ 8: x and its block sums once, one thread-pool pass over
+// every weight's row blocks and one over every output's sums, where separate calls pay two each;
+// larger M and CUDA: awq_linear on each.
+void awq_linear_many(const AwqLinearArgs* args, size_t count, Stream& stream);
+void awq_linear_many_cpu(const AwqLinearArgs* args, size_t count, Stream& stream, CpuSimd simd);
+
 // The CUDA kernels of awq_linear, for tests and the crossover benchmark; Auto is the dispatch.
 // TensorCore needs sm_80+ and float16/bfloat16 x (ERR_UNSUPPORTED otherwise).
 enum class AwqCudaKernel { Auto, Gemv, TensorCore, Simt, DequantGemm };

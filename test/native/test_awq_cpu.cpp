@@ -145,6 +145,36 @@ TEST(awq_linear_cpu_llama_shapes) {
   }
 }
 
+TEST(awq_linear_many_equals_awq_linear_on_each) {
+  // q, k, v-like projections of one x (N 64, 16, 16, bias on one), K 256, on the gemv path (where
+  // the ops share one pool pass) and the gemm path, both SIMD paths; outputs bit-identical.
+  for (CpuSimd simd : simd_paths())
+    for (int64_t M : {1, 3, 8, 9}) {
+      std::vector<test::AwqLinearCase> cases;
+      const int64_t Ns[] = {64, 16, 16};
+      for (int i = 0; i < 3; ++i)
+        cases.emplace_back(DType::Float16, DType::Float16, i == 2, M, 256, Ns[i], 64, false, static_cast<uint32_t>(700 + 10 * M + i));
+      std::vector<HostTensor> many, one;
+      std::vector<AwqLinearArgs> args;
+      for (const auto& c : cases) {
+        many.push_back(c.make_out());
+        one.push_back(c.make_out());
+      }
+      for (size_t i = 0; i < cases.size(); ++i) args.push_back(cases[i].args(cases[0].x.data(), cases[i].w.weight(), cases[i].bias.data(), many[i].data()));
+      auto s = cpu();
+      awq_linear_many_cpu(args.data(), args.size(), *s, simd);
+      for (size_t i = 0; i < cases.size(); ++i) {
+        AwqLinearArgs a = args[i];
+        a.out = one[i].data();
+        awq_linear_cpu(a, *s, simd);
+      }
+      s->synchronize();
+      for (size_t i = 0; i < cases.size(); ++i)
+        CHECK(many[i].bytes == one[i].bytes, "awq_linear_many differs from awq_linear: ", cpu_simd_name(simd), " M ", M, " op ", i);
+      cases[0].check(many[0], kCpuWeightError, test::str("awq_linear_many cpu ", cpu_simd_name(simd)));
+    }
+}
+
 // ---- errors --------------------------------------------------------------------------------------
 
 TEST(awq_ops_reject_bad_arguments) {
@@ -168,6 +198,9 @@ TEST(awq_ops_reject_bad_arguments) {
   a = c.args(out.data());
   a.weight.in_features = 0;
   expect_error(ErrorCode::InvalidArgument, "must be positive", [&] { awq_linear(a, *s); });
+  AwqLinearArgs pair[2] = {c.args(out.data()), c.args(out.data())};
+  pair[1].weight.group_size = 32;
+  expect_error(ErrorCode::InvalidArgument, "awq_linear_many: linear 1 has another input than linear 0", [&] { awq_linear_many(pair, 2, *s); });
   a = c.args(out.data());
   a.x_dtype = DType::Int32;
   expect_error(ErrorCode::Unsupported, "awq_linear: x dtype int32 (supported: float32, float16, bfloat16)", [&] { awq_linear(a, *s); });
