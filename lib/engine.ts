@@ -346,7 +346,7 @@ export class Engine {
 
   private readonly counts = {
     finished: 0, aborted: 0, failed: 0, prompt: 0, promptComputed: 0, promptCached: 0, generated: 0,
-    recompute: 0, swap: 0, steps: 0, busyMs: 0, promptMs: 0,
+    recompute: 0, swap: 0, steps: 0, busyMs: 0,
   };
   private readonly ttft: number[] = [];
 

@@ -2,6 +2,7 @@
 // the float64 references of model_ops_reference.h over grids of dtypes and
 // shapes (odd sizes included), linear on both the AVX2 and the portable path,
 // the worked examples of formats.md §5.3–§5.4, and the errors bad arguments give.
+#include <cmath>
 #include <cstring>
 #include <memory>
 #include <string>
@@ -157,6 +158,22 @@ TEST(cpu_silu_mul_grid) {
         s->synchronize();
         c.check(out, "cpu");
       }
+}
+
+TEST(cpu_silu_mul_extreme_gates) {
+  // silu's exponential is a polynomial on a clamped argument (no libm call, so the loop
+  // vectorizes): gates far outside the clamp [-88, 87] must still give g·σ(g) (≈ g, or ≈ 0).
+  const float gates[] = {-1e7f, -1000.0f, -100.0f, -88.5f, -87.5f, -30.0f, -1e-3f, 0.0f, 1e-3f, 30.0f, 87.5f, 88.5f, 100.0f, 1000.0f, 1e7f};
+  const int64_t I = sizeof(gates) / sizeof(gates[0]);
+  std::vector<float> x(2 * I, 1.5f), out(I);
+  std::memcpy(x.data(), gates, sizeof(gates));
+  auto s = cpu();
+  silu_mul(SiluMulArgs{x.data(), 2 * I, out.data(), DType::Float32, 1, I}, *s);
+  s->synchronize();
+  for (int64_t i = 0; i < I; ++i) {
+    const double g = gates[i], want = g / (1.0 + std::exp(-g)) * 1.5;
+    CHECK(std::fabs(out[i] - want) <= 4e-6 * std::fabs(want) + 1e-30, "silu_mul gate ", g, ": ", out[i], " want ", want);
+  }
 }
 
 TEST(cpu_add) {
