@@ -214,12 +214,7 @@ void awq_linear_cpu(const AwqLinearArgs& a, Stream& stream, CpuSimd simd) { awq_
 
 void awq_linear_cpu(const AwqLinearArgs& a, Stream& stream) { awq_linear_cpu(a, stream, cpu_simd()); }
 
-void awq_linear(const AwqLinearArgs& a, Stream& stream) {
-  check_awq_linear(a);
-  if (a.num_tokens == 0) return;
-  if (stream.device().is_cpu()) awq_linear_cpu(a, stream);
-  else awq_linear_cuda(a, stream);
-}
+void awq_linear(const AwqLinearArgs& a, Stream& stream) { awq_linear_many(&a, 1, stream); }
 
 void awq_linear_many(const AwqLinearArgs* args, size_t count, Stream& stream) {
   check_many(args, count);

@@ -178,12 +178,7 @@ void linear_cpu(const LinearArgs& a, Stream& stream, CpuSimd simd) { linear_many
 
 void linear_cpu(const LinearArgs& a, Stream& stream) { linear_cpu(a, stream, cpu_simd()); }
 
-void linear(const LinearArgs& a, Stream& stream) {
-  check_linear(a);
-  if (a.num_tokens == 0) return;
-  if (stream.device().is_cpu()) linear_cpu(a, stream);
-  else linear_cuda(a, stream);
-}
+void linear(const LinearArgs& a, Stream& stream) { linear_many(&a, 1, stream); }
 
 void linear_many(const LinearArgs* args, size_t count, Stream& stream) {
   check_many(args, count);
