@@ -23,6 +23,7 @@ Napi::Value CpuInfoJs(const Napi::CallbackInfo& info) {
   for (size_t i = 0; i < cpu.simd.size(); ++i) simd.Set(static_cast<uint32_t>(i), cpu.simd[i]);
   out.Set("simd", simd);
   out.Set("simdPath", cpu.simd_path);
+  out.Set("awqActivations", cpu.awq_activations);
   out.Set("threads", cpu.threads);
   return out;
 }

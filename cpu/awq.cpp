@@ -12,7 +12,9 @@
 //   the activations (packed once per call) over its dequantized weight panels,
 //   so each weight panel is unpacked once per call and reused M-fold from L1/L2.
 #include <algorithm>
+#include <cstdlib>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "awq_tile.h"
@@ -55,50 +57,35 @@ void check_awq_dequantize(const AwqDequantizeArgs& a) {
 
 LinearOut out_of(const AwqLinearArgs& a) { return {a.out, a.out_dtype, a.out_stride, a.bias, a.bias_dtype}; }
 
-// M ≤ 8, for one or more ops of one input (awq_linear_many: same x, M, K and group size). x and
-// its block sums are computed once. Jobs are row ranges (whole blocks) of an op's weight: each
-// streams a contiguous stretch of it; their partial outputs [jobs][M][N] are summed afterwards (a
-// few hundred KiB at most). Every op's jobs are one pool pass, every op's sums another.
-void run_gemv(const std::vector<AwqLinearArgs>& ops, CpuSimd simd) {
-  using namespace awq_kernels;
+// M ≤ 8, for one or more ops of one input (awq_linear_many: same x, M, K and group size): the
+// partial products of row ranges, then their sums. Jobs are ranges of whole `block_rows`-row blocks
+// of an op's weight: each streams a contiguous stretch of it into partial[job] ([M][N]; a few
+// hundred KiB at most). Every op's jobs are one pool pass, every op's sums another.
+// job(a, k0, k1, y, scratch) computes rows [k0, k1) of op a into y ([M][N]).
+template <typename Job>
+void run_row_jobs(const std::vector<AwqLinearArgs>& ops, int64_t block_rows, Job&& job) {
   const AwqLinearArgs& a0 = ops.front();
-  const int64_t M = a0.num_tokens, K = a0.weight.in_features;
-  const int64_t kb = awq_gemv_block_rows(a0.weight.group_size), blocks = (K + kb - 1) / kb;
-  // Reused across calls (this runs on the stream's worker): a fresh buffer of this size would be
-  // mmap-ed and page-faulted in on every call, a sizeable part of a 0.5 ms decode GEMV.
-  // (thread_local: the lambdas below run on other threads, so they use the pointers, never the names.)
-  thread_local std::vector<float> x_storage, xsum_storage, partial_storage;
-  x_storage.resize(M * K);
-  xsum_storage.resize(M * blocks);
-  float* const x = x_storage.data();
-  float* const xsum = xsum_storage.data();
-  for (int64_t m = 0; m < M; ++m) {
-    load_row(a0.x, a0.x_dtype, m * a0.x_stride, K, x + m * K);
-    for (int64_t b = 0; b < blocks; ++b) {
-      float sum = 0.0f;
-      for (int64_t k = b * kb; k < std::min(K, (b + 1) * kb); ++k) sum += x[m * K + k];
-      xsum[m * blocks + b] = sum;
-    }
-  }
+  const int64_t M = a0.num_tokens, K = a0.weight.in_features, blocks = (K + block_rows - 1) / block_rows;
   ThreadPool& pool = ThreadPool::global();
   const int64_t jobs_wanted = pool.size() > 1 ? 4 * pool.size() : 1;
   const int64_t grain = std::max<int64_t>(1, (blocks + jobs_wanted - 1) / jobs_wanted), jobs = (blocks + grain - 1) / grain;
   // Op i's partial sums start at partial + offset[i]; job t is op t / jobs, blocks of job t % jobs.
+  // (Reused across calls, thread_local: a fresh buffer would be mmap-ed and page-faulted in on every
+  // call, a sizeable part of a 0.5 ms decode GEMV; the lambdas below run on other threads, so they
+  // use the pointers, never the names.)
   thread_local std::vector<int64_t> offset_storage;
+  thread_local std::vector<float> partial_storage;
   offset_storage.assign(ops.size() + 1, 0);
   for (size_t i = 0; i < ops.size(); ++i) offset_storage[i + 1] = offset_storage[i] + jobs * M * ops[i].weight.out_features;
   partial_storage.resize(offset_storage.back());  // every element is written by its job
   float* const partial = partial_storage.data();
   const int64_t* const offset = offset_storage.data();
-  auto gemv = simd == CpuSimd::Avx2 ? gemv_avx2 : gemv_portable;
   pool.parallel_for(static_cast<int64_t>(ops.size()) * jobs, 1, [&](int64_t t0, int64_t t1) {
     thread_local AlignedFloats scratch;
     for (int64_t t = t0; t < t1; ++t) {
       const AwqLinearArgs& a = ops[t / jobs];
       const int64_t N = a.weight.out_features, b0 = (t % jobs) * grain, b1 = std::min(blocks, b0 + grain);
-      AwqGemvJob job{x, xsum, M, &a.weight, b0 * kb, std::min(K, b1 * kb), 0, N / 8, partial + offset[t / jobs] + (t % jobs) * M * N,
-                     N, scratch.get(awq_gemv_scratch_floats(M, N / 8))};
-      gemv(job);
+      job(a, b0 * block_rows, std::min(K, b1 * block_rows), partial + offset[t / jobs] + (t % jobs) * M * N, scratch);
     }
   });
   // The sums: column ranges of every op.
@@ -130,6 +117,59 @@ void run_gemv(const std::vector<AwqLinearArgs>& ops, CpuSimd simd) {
   });
 }
 
+// The float32 gemv: x converted to float32 once per call, with its sums per block of rows.
+void run_gemv(const std::vector<AwqLinearArgs>& ops, CpuSimd simd) {
+  using namespace awq_kernels;
+  const AwqLinearArgs& a0 = ops.front();
+  const int64_t M = a0.num_tokens, K = a0.weight.in_features;
+  const int64_t kb = awq_gemv_block_rows(a0.weight.group_size), blocks = (K + kb - 1) / kb;
+  thread_local std::vector<float> x_storage, xsum_storage;  // reused across calls (run_row_jobs)
+  x_storage.resize(M * K);
+  xsum_storage.resize(M * blocks);
+  float* const x = x_storage.data();
+  float* const xsum = xsum_storage.data();
+  for (int64_t m = 0; m < M; ++m) {
+    load_row(a0.x, a0.x_dtype, m * a0.x_stride, K, x + m * K);
+    for (int64_t b = 0; b < blocks; ++b) {
+      float sum = 0.0f;
+      for (int64_t k = b * kb; k < std::min(K, (b + 1) * kb); ++k) sum += x[m * K + k];
+      xsum[m * blocks + b] = sum;
+    }
+  }
+  auto gemv = simd == CpuSimd::Avx2 ? gemv_avx2 : gemv_portable;
+  run_row_jobs(ops, kb, [&](const AwqLinearArgs& a, int64_t k0, int64_t k1, float* y, AlignedFloats& scratch) {
+    const int64_t N = a.weight.out_features;
+    gemv(AwqGemvJob{x, xsum, M, &a.weight, k0, k1, 0, N / 8, y, N, scratch.get(awq_gemv_scratch_floats(M, N / 8))});
+  });
+}
+
+// The int8 gemv (AVX2): x quantized once per call (awq_quantize_activations).
+void run_gemv_i8(const std::vector<AwqLinearArgs>& ops) {
+  using namespace awq_kernels;
+  const AwqLinearArgs& a0 = ops.front();
+  const int64_t M = a0.num_tokens, K = a0.weight.in_features;
+  const int64_t B = awq::kActivationBlock, xblocks = (K + B - 1) / B, stride = xblocks * B;
+  thread_local std::vector<float> x_storage, scale_storage, sum_storage;  // reused across calls (run_row_jobs)
+  thread_local std::vector<int8_t> code_storage;
+  x_storage.resize(K);
+  code_storage.assign(M * stride, 0);
+  scale_storage.resize(M * xblocks);
+  sum_storage.resize(M * xblocks);
+  for (int64_t m = 0; m < M; ++m) {
+    load_row(a0.x, a0.x_dtype, m * a0.x_stride, K, x_storage.data());
+    quantize_activations_avx2(x_storage.data(), K, code_storage.data() + m * stride, scale_storage.data() + m * xblocks,
+                              sum_storage.data() + m * xblocks);
+  }
+  const int8_t* const codes = code_storage.data();
+  const float* const scales = scale_storage.data();
+  const float* const sums = sum_storage.data();
+  run_row_jobs(ops, kAwqI8BlockRows, [&](const AwqLinearArgs& a, int64_t k0, int64_t k1, float* y, AlignedFloats& scratch) {
+    const int64_t N = a.weight.out_features;
+    gemv_i8_avx2(AwqGemvI8Job{codes, stride, scales, sums, xblocks, M, &a.weight, k0, k1, y, N,
+                              scratch.get(awq_gemv_i8_scratch_floats(M, N))});
+  });
+}
+
 void run_gemm(const AwqLinearArgs& a, CpuSimd simd) {
   using namespace awq_kernels;
   const AwqWeight& w = a.weight;
@@ -157,10 +197,11 @@ void run_gemm(const AwqLinearArgs& a, CpuSimd simd) {
   });
 }
 
-void run_awq_linears(const std::vector<AwqLinearArgs>& ops, CpuSimd simd) {
+void run_awq_linears(const std::vector<AwqLinearArgs>& ops, CpuSimd simd, AwqCpuActivations activations) {
   if (ops.empty() || ops.front().num_tokens == 0) return;
   if (ops.front().num_tokens <= awq_kernels::kAwqGemvMaxRows) {
-    run_gemv(ops, simd);
+    if (activations == AwqCpuActivations::Int8) run_gemv_i8(ops);
+    else run_gemv(ops, simd);
     return;
   }
   for (const AwqLinearArgs& a : ops) run_gemm(a, simd);
@@ -205,9 +246,32 @@ void dequantize_rows(const AwqDequantizeArgs& a, int64_t k0, int64_t k1) {
 
 // ---- entry points --------------------------------------------------------------------------------
 
-void awq_linear_many_cpu(const AwqLinearArgs* args, size_t count, Stream& stream, CpuSimd simd) {
+AwqCpuActivations awq_cpu_activations(CpuSimd simd) {
+  static const AwqCpuActivations chosen = [] {
+    const char* env = std::getenv("PAGEDLLM_AWQ_ACTIVATIONS");
+    return env && std::string(env) == "float32" ? AwqCpuActivations::Float32 : AwqCpuActivations::Int8;
+  }();
+  return simd == CpuSimd::Avx2 ? chosen : AwqCpuActivations::Float32;
+}
+
+const char* awq_cpu_activations_name(AwqCpuActivations activations) {
+  return activations == AwqCpuActivations::Int8 ? "int8" : activations == AwqCpuActivations::Float32 ? "float32" : "auto";
+}
+
+void awq_linear_many_cpu(const AwqLinearArgs* args, size_t count, Stream& stream, CpuSimd simd, AwqCpuActivations activations) {
+  check_many(args, count);
   PAGEDLLM_CHECK(cpu_simd_supported(simd), Unsupported, "awq_linear: this CPU lacks AVX2, FMA or F16C");
-  as_cpu_stream(stream).enqueue([ops = std::vector<AwqLinearArgs>(args, args + count), simd] { run_awq_linears(ops, simd); });
+  if (activations == AwqCpuActivations::Auto) activations = awq_cpu_activations(simd);
+  PAGEDLLM_CHECK(activations == AwqCpuActivations::Float32 || simd == CpuSimd::Avx2, Unsupported,
+                 "awq_linear: int8 activations need the avx2 path (this call runs the ", cpu_simd_name(simd), " one)");
+  if (count == 0 || args[0].num_tokens == 0) return;
+  as_cpu_stream(stream).enqueue([ops = std::vector<AwqLinearArgs>(args, args + count), simd, activations] {
+    run_awq_linears(ops, simd, activations);
+  });
+}
+
+void awq_linear_many_cpu(const AwqLinearArgs* args, size_t count, Stream& stream, CpuSimd simd) {
+  awq_linear_many_cpu(args, count, stream, simd, AwqCpuActivations::Auto);
 }
 
 void awq_linear_cpu(const AwqLinearArgs& a, Stream& stream, CpuSimd simd) { awq_linear_many_cpu(&a, 1, stream, simd); }
@@ -217,12 +281,12 @@ void awq_linear_cpu(const AwqLinearArgs& a, Stream& stream) { awq_linear_cpu(a, 
 void awq_linear(const AwqLinearArgs& a, Stream& stream) { awq_linear_many(&a, 1, stream); }
 
 void awq_linear_many(const AwqLinearArgs* args, size_t count, Stream& stream) {
-  check_many(args, count);
-  if (count == 0 || args[0].num_tokens == 0) return;
   if (stream.device().is_cpu()) {
     awq_linear_many_cpu(args, count, stream, cpu_simd());
     return;
   }
+  check_many(args, count);
+  if (count == 0 || args[0].num_tokens == 0) return;
   for (size_t i = 0; i < count; ++i) awq_linear_cuda(args[i], stream);
 }
 

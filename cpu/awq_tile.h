@@ -79,6 +79,35 @@ struct AwqGemmJob {
   float* scratch;  // kAwqGemmNB · kAwqGemmKC floats, 32-byte aligned
 };
 
+// ---- gemv with int8 activations (AVX2 only) ---------------------------------------------------
+// The product of gemv over whole rows with x quantized by awq_quantize_activations (awq.h): per
+// 16-row activation block and column, Σ c·q is exact in integers (vpmaddubsw over pairs of rows:
+// codes q ∈ [0, 15] unsigned times c ∈ [−127, 127] signed, int16 sums of 8 pairs, |Σ| ≤ 8 · 2 ·
+// 15 · 127 = 30480 < 2^15, widened to int32 once per block), then per block acc += d_b · Σ c·q in
+// float32 and per group y += s · (acc − z · Σ_b d_b · Σ c). The words are read as they are: the
+// two rows of a pair are interleaved byte by byte (vpunpck{l,h}bw of their low and their high
+// nibbles), which leaves the columns permuted within each 64-column strip; the permutation is
+// undone once per group (in-lane shuffles), where the scales and zero points are applied in
+// natural column order.
+constexpr int64_t kAwqI8BlockRows = 32;  // jobs are ranges of whole 32-row blocks
+struct AwqGemvI8Job {
+  const int8_t* xq;      // [m, xq_stride] codes, zero from K on; xq_stride ≥ round_up(K, 16), even
+  int64_t xq_stride;
+  const float* xscale;   // [m, xblocks]: d_b of each 16-row block
+  const float* xsum;     // [m, xblocks]: d_b · Σ c over the block
+  int64_t xblocks;       // ceil(K / 16)
+  int64_t m;             // 1 … kAwqGemvMaxRows
+  const AwqWeight* w;
+  int64_t k0, k1;        // k0 a multiple of 32; k1 a multiple of 32, or K
+  float* y;              // [m, ldy]: y[i · ldy + n] = Σ_{k0 ≤ k < k1} x̂[i, k] · W[k, n] (overwritten)
+  int64_t ldy;
+  float* scratch;        // awq_gemv_i8_scratch_floats(m, N) floats, 32-byte aligned
+};
+constexpr int64_t awq_gemv_i8_scratch_floats(int64_t m, int64_t n) { return (n + 63) / 64 * 64 * m; }
+void gemv_i8_avx2(const AwqGemvI8Job& job);
+// awq_quantize_activations of x[0, n) with AVX2 (the same codes and scales), plus sums[b] = d_b · Σ c.
+void quantize_activations_avx2(const float* x, int64_t n, int8_t* codes, float* scales, float* sums);
+
 void gemv_portable(const AwqGemvJob& job);
 void gemv_avx2(const AwqGemvJob& job);
 void gemm_block_portable(const AwqGemmJob& job);
@@ -333,6 +362,218 @@ inline void gemv(const AwqGemvJob& job) {
     default: gemv_m<8>(job); break;
   }
 }
+
+// ---- gemv, int8 activations (AVX2) ---------------------------------------------------------------
+#if PAGEDLLM_TILE_AVX2
+
+inline void quantize_activations(const float* x, int64_t n, int8_t* codes, float* scales, float* sums) {
+  constexpr int64_t B = awq::kActivationBlock;
+  static_assert(B == 16, "two vectors per block");
+  const __m256 sign = _mm256_set1_ps(-0.0f), big = _mm256_set1_ps(3.4028234663852886e38f);
+  int64_t b0 = 0;
+  for (; b0 + B <= n; b0 += B) {
+    const __m256 v0 = _mm256_loadu_ps(x + b0), v1 = _mm256_loadu_ps(x + b0 + 8);
+    const __m256 a0 = _mm256_andnot_ps(sign, v0), a1 = _mm256_andnot_ps(sign, v1);
+    // Finite: |x| ≤ FLT_MAX, false for NaN (ordered compare).
+    const int finite = _mm256_movemask_ps(_mm256_and_ps(_mm256_cmp_ps(a0, big, _CMP_LE_OQ), _mm256_cmp_ps(a1, big, _CMP_LE_OQ)));
+    __m256 m = _mm256_max_ps(a0, a1);
+    __m128 h = _mm_max_ps(_mm256_castps256_ps128(m), _mm256_extractf128_ps(m, 1));
+    h = _mm_max_ps(h, _mm_movehl_ps(h, h));
+    h = _mm_max_ss(h, _mm_shuffle_ps(h, h, 1));
+    const float amax = _mm_cvtss_f32(h);
+    const int64_t b = b0 / B;
+    if (finite != 0xFF || amax < 1e-30f) {
+      std::memset(codes + b0, 0, B);
+      scales[b] = finite != 0xFF ? __builtin_nanf("") : 0.0f;
+      sums[b] = scales[b];
+      continue;
+    }
+    const __m256 inv = _mm256_set1_ps(127.0f / amax);
+    // cvtps rounds to nearest even (the default mode), as nearbyint does; |x · inv| ≤ 127.
+    const __m256i c0 = _mm256_cvtps_epi32(_mm256_mul_ps(v0, inv)), c1 = _mm256_cvtps_epi32(_mm256_mul_ps(v1, inv));
+    const __m256i c16 = _mm256_permute4x64_epi64(_mm256_packs_epi32(c0, c1), 0xD8);  // 16 int16 in order
+    const __m128i c8 = _mm_packs_epi16(_mm256_castsi256_si128(c16), _mm256_extracti128_si256(c16, 1));
+    _mm_storeu_si128(reinterpret_cast<__m128i*>(codes + b0), c8);
+    __m256i t = _mm256_add_epi32(c0, c1);
+    __m128i u = _mm_add_epi32(_mm256_castsi256_si128(t), _mm256_extracti128_si256(t, 1));
+    u = _mm_add_epi32(u, _mm_shuffle_epi32(u, 0x4E));
+    u = _mm_add_epi32(u, _mm_shuffle_epi32(u, 0xB1));
+    scales[b] = amax / 127.0f;
+    sums[b] = scales[b] * static_cast<float>(_mm_cvtsi128_si32(u));
+  }
+  if (b0 < n) {  // a short last block: the definition itself
+    awq_quantize_activations(x + b0, n - b0, codes + b0, scales + b0 / B);
+    int sum = 0;
+    for (int64_t k = b0; k < n; ++k) sum += codes[k];
+    sums[b0 / B] = scales[b0 / B] * static_cast<float>(sum);
+  }
+}
+
+// Strip accumulators, per activation row: 8 vectors of 8 int32/float lanes in the order
+// E0 O0 E1 O1 E2 O2 E3 O3 — U_u (u = 2·nibble + half) is a pair-interleaved vector of 16 int16
+// lanes, E_u its even lanes and O_u its odd ones; in each 128-bit lane ℓ they hold columns 32ℓ + …
+//   E0 {0, 1, 8, 9}   O0 {4, 5, 12, 13}   E2 {2, 3, 10, 11}   O2 {6, 7, 14, 15}   (E1 … O3: + 16)
+// of the strip (byte t of a word holds slots 2t and 2t + 1; kOrder maps slots to columns).
+// The strip's 8 natural-order vectors (columns 8v … 8v + 7) from the permuted ones.
+inline void unpermute_strip(const float* f, __m256 (&v)[8]) {
+  for (int h = 0; h < 2; ++h) {  // h = 0: U0/U2 (columns 0-15 of each 32); h = 1: U1/U3 (16-31)
+    const __m256 e_lo = _mm256_load_ps(f + (2 * h) * 8), o_lo = _mm256_load_ps(f + (2 * h + 1) * 8);
+    const __m256 e_hi = _mm256_load_ps(f + (2 * h + 4) * 8), o_hi = _mm256_load_ps(f + (2 * h + 5) * 8);
+    const __m256 p = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(e_lo), _mm256_castps_pd(e_hi)));  // 0-3
+    const __m256 q = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(o_lo), _mm256_castps_pd(o_hi)));  // 4-7
+    const __m256 r = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(e_lo), _mm256_castps_pd(e_hi)));  // 8-11
+    const __m256 t = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(o_lo), _mm256_castps_pd(o_hi)));  // 12-15
+    v[2 * h] = _mm256_permute2f128_ps(p, q, 0x20);
+    v[2 * h + 1] = _mm256_permute2f128_ps(r, t, 0x20);
+    v[2 * h + 4] = _mm256_permute2f128_ps(p, q, 0x31);
+    v[2 * h + 5] = _mm256_permute2f128_ps(r, t, 0x31);
+  }
+}
+
+// One 16-row activation block [kq, kq_end) of one strip, pass P (U vectors P·NU … P·NU + NU − 1):
+// facc[i] (the strip's 8 vectors of row i) += d · Σ c·q.
+template <int M, int NU, int P>
+inline void i8_block_pass(const AwqGemvI8Job& job, const int32_t* words, int64_t ldw, int lanes, int64_t kq, int64_t kq_end,
+                          const int32_t* prefetch, float* facc) {
+  const __m256i low = _mm256_set1_epi8(0x0F);
+  alignas(32) int32_t tail[2][8] = {};
+  __m256i acc[M][NU];
+  for (int i = 0; i < M; ++i)
+    for (int u = 0; u < NU; ++u) acc[i][u] = _mm256_setzero_si256();
+  const int8_t* const xq = job.xq + kq;
+  const int64_t xq_stride = job.xq_stride;
+  for (int64_t k = kq; k < kq_end; k += 2) {
+    const int32_t* pa = words + k * ldw;
+    const int32_t* pb = k + 1 < kq_end ? pa + ldw : pa;  // an odd last row pairs with itself (its code c is 0)
+    if (P == 0 && prefetch) {
+      __builtin_prefetch(prefetch + (k - kq) * 8, 0, 2);
+    }
+    if (lanes < 8) {
+      std::memcpy(tail[0], pa, lanes * sizeof(int32_t));
+      std::memcpy(tail[1], pb, lanes * sizeof(int32_t));
+      pa = tail[0];
+      pb = tail[1];
+    }
+    __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pa));
+    __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb));
+    __m256i U[NU];
+#pragma GCC unroll 4
+    for (int u = 0; u < NU; ++u) {
+      constexpr int first = P * NU;
+      const int ug = first + u, nibble = ug >> 1, half = ug & 1;
+      // (Constant after unrolling: the compiler keeps one mask-and per nibble and row.)
+      const __m256i an = _mm256_and_si256(nibble ? _mm256_srli_epi16(a, 4) : a, low);
+      const __m256i bn = _mm256_and_si256(nibble ? _mm256_srli_epi16(b, 4) : b, low);
+      U[u] = half ? _mm256_unpackhi_epi8(an, bn) : _mm256_unpacklo_epi8(an, bn);
+    }
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      int16_t pair;
+      std::memcpy(&pair, xq + i * xq_stride + (k - kq), 2);
+      const __m256i xp = _mm256_set1_epi16(pair);
+#pragma GCC unroll 4
+      for (int u = 0; u < NU; ++u) acc[i][u] = _mm256_add_epi16(acc[i][u], _mm256_maddubs_epi16(U[u], xp));
+    }
+  }
+  const int64_t qb = kq / awq::kActivationBlock;
+  for (int i = 0; i < M; ++i) {
+    const __m256 d = _mm256_set1_ps(job.xscale[i * job.xblocks + qb]);
+    float* f = facc + i * 64;
+    for (int u = 0; u < NU; ++u) {
+      const int ug = P * NU + u;
+      const __m256i e = _mm256_srai_epi32(_mm256_slli_epi32(acc[i][u], 16), 16), o = _mm256_srai_epi32(acc[i][u], 16);
+      float* fe = f + (2 * ug) * 8;
+      _mm256_store_ps(fe, _mm256_fmadd_ps(_mm256_cvtepi32_ps(e), d, _mm256_load_ps(fe)));
+      _mm256_store_ps(fe + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(o), d, _mm256_load_ps(fe + 8)));
+    }
+  }
+}
+
+template <int M, int NU, int... P>
+inline void i8_block(const AwqGemvI8Job& job, const int32_t* words, int64_t ldw, int lanes, int64_t kq, int64_t kq_end,
+                     const int32_t* prefetch, float* facc, std::integer_sequence<int, P...>) {
+  (i8_block_pass<M, NU, P>(job, words, ldw, lanes, kq, kq_end, prefetch, facc), ...);
+}
+
+// The end of group g for one strip (words [word, word + lanes)): y += s · (acc − z · Σx̂) for each
+// activation row, in natural column order; f: the strip's permuted float sums, [M][64].
+template <int M>
+inline void finish_strip(const AwqGemvI8Job& job, const float* f, int64_t word, int lanes, int64_t g, const float (&sx)[M]) {
+  const AwqWeight& w = *job.w;
+  const int64_t N = w.out_features, ldw = N / 8;
+  const __m256i shifts = _mm256_setr_epi32(awq::column_shift(0), awq::column_shift(1), awq::column_shift(2), awq::column_shift(3),
+                                           awq::column_shift(4), awq::column_shift(5), awq::column_shift(6), awq::column_shift(7));
+  const uint16_t* srow = w.scales + g * N + 8 * word;
+  const int32_t* zrow = w.qzeros + g * ldw + word;
+  __m256 sv[8], zv[8];
+  for (int v = 0; v < lanes; ++v) {
+    sv[v] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(srow + 8 * v)));
+    zv[v] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(zrow[v]), shifts), _mm256_set1_epi32(15)));
+  }
+  for (int i = 0; i < M; ++i) {
+    __m256 acc[8];
+    unpermute_strip(f + i * 64, acc);
+    const __m256 sxi = _mm256_set1_ps(sx[i]);
+    float* y = job.y + i * job.ldy + 8 * word;
+    for (int v = 0; v < lanes; ++v)
+      _mm256_storeu_ps(y + 8 * v, _mm256_fmadd_ps(sv[v], _mm256_fnmadd_ps(zv[v], sxi, acc[v]), _mm256_loadu_ps(y + 8 * v)));
+  }
+}
+
+template <int M>
+inline void gemv_i8_m(const AwqGemvI8Job& job) {
+  // U vectors per pass: M · NU int16 accumulators stay in registers beside NU unpacked vectors.
+  constexpr int NU = M <= 2 ? 4 : M <= 4 ? 2 : 1;
+  const AwqWeight& w = *job.w;
+  const int64_t K = w.in_features, G = w.group_size, N = w.out_features, ldw = N / 8;
+  const int64_t strips = (ldw + 7) / 8;
+  float* facc = job.scratch;  // [strips][M][64], permuted order
+  for (int i = 0; i < M; ++i) std::memset(job.y + i * job.ldy, 0, N * sizeof(float));
+  {  // the job's first block has no block before it to request it: ask for it all now
+    const int32_t* end = w.qweight + (job.k0 + kAwqI8BlockRows < K ? job.k0 + kAwqI8BlockRows : K) * ldw;
+    for (const int32_t* p = w.qweight + job.k0 * ldw; p < end; p += 16) __builtin_prefetch(p, 0, 2);
+  }
+  float sx[M] = {};
+  for (int64_t k0 = job.k0; k0 < job.k1; k0 += kAwqI8BlockRows) {
+    const int64_t k1 = k0 + kAwqI8BlockRows < job.k1 ? k0 + kAwqI8BlockRows : job.k1;
+    const bool group_start = k0 == job.k0 || k0 % G == 0, group_end = k1 == job.k1 || k1 % G == 0;
+    const int64_t g = k0 / G;
+    for (int i = 0; i < M; ++i) {
+      if (group_start) sx[i] = 0.0f;
+      for (int64_t kq = k0; kq < k1; kq += awq::kActivationBlock) sx[i] += job.xsum[i * job.xblocks + kq / awq::kActivationBlock];
+    }
+    // The next block, one contiguous stretch, requested 64 bytes per row pair of every strip of this
+    // block (strips × 16 pairs × 64 bytes = 32 rows), in order.
+    const int32_t* next = k1 < K ? w.qweight + k1 * ldw : nullptr;
+    for (int64_t s = 0; s < strips; ++s) {
+      const int64_t word = 8 * s;
+      const int lanes = static_cast<int>(ldw - word < 8 ? ldw - word : 8);
+      float* f = facc + s * M * 64;
+      if (group_start) std::memset(f, 0, M * 64 * sizeof(float));
+      for (int64_t kq = k0; kq < k1; kq += awq::kActivationBlock) {
+        const int64_t kq_end = kq + awq::kActivationBlock < k1 ? kq + awq::kActivationBlock : k1;
+        const int32_t* pf = next ? next + (s * kAwqI8BlockRows + (kq - k0)) * 8 : nullptr;
+        i8_block<M, NU>(job, w.qweight + word, ldw, lanes, kq, kq_end, pf, f, std::make_integer_sequence<int, 4 / NU>{});
+      }
+      if (group_end) finish_strip<M>(job, f, word, lanes, g, sx);
+    }
+  }
+}
+
+inline void gemv_i8(const AwqGemvI8Job& job) {
+  switch (job.m) {
+    case 1: gemv_i8_m<1>(job); break;
+    case 2: gemv_i8_m<2>(job); break;
+    case 3: gemv_i8_m<3>(job); break;
+    case 4: gemv_i8_m<4>(job); break;
+    case 5: gemv_i8_m<5>(job); break;
+    case 6: gemv_i8_m<6>(job); break;
+    case 7: gemv_i8_m<7>(job); break;
+    default: gemv_i8_m<8>(job); break;
+  }
+}
+
+#endif  // PAGEDLLM_TILE_AVX2
 
 // ---- gemm ----------------------------------------------------------------------------------------
 

@@ -11,6 +11,7 @@
 #include <string>
 #include <thread>
 
+#include "pagedllm/awq.h"
 #include "pagedllm/device.h"
 #include "pagedllm/model_ops.h"
 #include "thread_pool.h"
@@ -151,6 +152,7 @@ CpuInfo cpu_info() {
   info.arch = "unknown";
 #endif
   info.simd_path = cpu_simd_name(cpu_simd());
+  info.awq_activations = awq_cpu_activations_name(awq_cpu_activations(cpu_simd()));
   info.threads = thread_count_for(info.physical_cores);
   return info;
 }

@@ -28,6 +28,7 @@ export interface NativeCpuInfo {
   modelName: string;
   simd: string[];
   simdPath: 'avx2' | 'portable';
+  awqActivations: 'int8' | 'float32';
   threads: number;
 }
 

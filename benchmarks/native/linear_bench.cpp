@@ -6,9 +6,10 @@
 //   pagedllm_bench_linear [--device cpu|cuda] [--reps N] [--n N] [--k K] [--only dense|awq] [--awq-m 1,8,128]
 //   (--n/--k: one shape for both parts instead of the defaults)
 //
-// AWQ rows count as weight bytes the packed tensors read per call (qweight + qzeros + scales;
-// 4.2 bits per weight at G = 128) and rotate through enough copies (≥ 128 MiB) that no call finds
-// its weights in the CPU's L3 or the GPU's L2.
+// AWQ rows ("awq-int4-g128": the dispatch, whose CPU gemv quantizes x to int8 on the avx2 path;
+// "awq-int4-g128-f32x": that gemv with float32 x, beside it) count as weight bytes the packed
+// tensors read per call (qweight + qzeros + scales; 4.2 bits per weight at G = 128) and rotate
+// through enough copies (≥ 128 MiB) that no call finds its weights in the CPU's L3 or the GPU's L2.
 //
 // For each case: the median time, the weight bytes over it as GB/s (the roofline of decode, where
 // the weights are the traffic) beside the memory bandwidth measured in the same run (CPU: a
@@ -125,6 +126,14 @@ void awq_cases(const std::shared_ptr<Stream>& stream, const std::vector<std::pai
           else awq_linear_cpu(a, *stream, simd);
         });
         rows.push_back({name, "awq-int4-g128", M, K, N, t_awq, static_cast<double>(awq_bytes)});
+        if (!cuda && M <= 8 && awq_cpu_activations(simd) == AwqCpuActivations::Int8) {
+          // The same gemv with float32 activations (what PAGEDLLM_AWQ_ACTIVATIONS=float32 selects), side by side.
+          const double t_f32 = time_calls(stream, r_awq, [&, simd = simd](int r) {
+            const AwqLinearArgs a{x.ptr, K, DType::Float16, weight(r % copies), nullptr, DType::Float32, out.ptr, N, DType::Float16, M};
+            awq_linear_many_cpu(&a, 1, *stream, simd, AwqCpuActivations::Float32);
+          });
+          rows.push_back({name, "awq-int4-g128-f32x", M, K, N, t_f32, static_cast<double>(awq_bytes)});
+        }
         const double t_f16 = time_calls(stream, r_awq, [&, simd = simd](int r) {
           const LinearArgs a{x.ptr, K, DType::Float16, static_cast<char*>(dense.ptr) + (r % f16_copies) * f16, DType::Float16,
                              nullptr, DType::Float32, out.ptr, N, DType::Float16, M, N, K};

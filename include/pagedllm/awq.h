@@ -123,6 +123,43 @@ inline void awq_dequantize_reference(const AwqWeight& w, float* out) {
     for (int64_t n = 0; n < w.out_features; ++n) out[k * w.out_features + n] = awq_reference_weight(w, k, n);
 }
 
+// ---- int8 activations (the CPU gemv's fast path) ------------------------------------------------
+// x is cut into blocks of kActivationBlock values along K (the last may be short); block b is stored
+// as int8 codes c ∈ [−127, 127] and one float scale d_b = max|x_b| / 127, so x̂ = d_b · c with
+// c = round-to-nearest-even(x · (127 / max|x_b|)) and |x − x̂| ≤ d_b / 2. An all-zero block has d_b = 0;
+// a block holding a non-finite value gets d_b = NaN (its outputs are NaN, as a float product would
+// be non-finite), and a block with max|x_b| < 1e-30 counts as zero (its 127 / max|x_b| would
+// overflow). awq_quantize_activations is the definition (plain loops); the AVX2 kernel computes
+// the same codes and scales.
+namespace awq {
+constexpr int64_t kActivationBlock = 16;
+}  // namespace awq
+// x[0, n) → codes[0, n) and scales[0, ceil(n / 16)); returns nothing, never throws.
+inline void awq_quantize_activations(const float* x, int64_t n, int8_t* codes, float* scales) {
+  for (int64_t b0 = 0; b0 < n; b0 += awq::kActivationBlock) {
+    const int64_t b1 = b0 + awq::kActivationBlock < n ? b0 + awq::kActivationBlock : n;
+    float amax = 0.0f;
+    bool finite = true;
+    for (int64_t k = b0; k < b1; ++k) {
+      const float a = x[k] < 0 ? -x[k] : x[k];
+      finite = finite && a <= 3.4028234663852886e38f;
+      amax = a > amax ? a : amax;
+    }
+    float& d = scales[b0 / awq::kActivationBlock];
+    if (!finite || amax < 1e-30f) {
+      for (int64_t k = b0; k < b1; ++k) codes[k] = 0;
+      d = finite ? 0.0f : __builtin_nanf("");
+      continue;
+    }
+    const float inv = 127.0f / amax;
+    d = amax / 127.0f;
+    for (int64_t k = b0; k < b1; ++k) {
+      const float r = __builtin_nearbyintf(x[k] * inv);  // ties to even (the default rounding mode)
+      codes[k] = static_cast<int8_t>(r > 127.0f ? 127.0f : r < -127.0f ? -127.0f : r);
+    }
+  }
+}
+
 // ---- awq_linear ----------------------------------------------------------------------------------
 // out = x · W (+ bias): out[m, n] = Σ_k x[m, k] · W[k, n] (+ bias[n]), float32 accumulation, one
 // rounding to out_dtype; x, bias and out of any float dtype. In GEMM terms M = num_tokens,
@@ -131,7 +168,9 @@ inline void awq_dequantize_reference(const AwqWeight& w, float* out) {
 //         ranges of K, each a contiguous stretch of memory), unpacking nibbles in registers and
 //         applying each group's scale and zero point to per-group sums:
 //         Σ_k x·W = Σ_g s·(Σ_{k∈g} x·q − z·Σ_{k∈g} x) — the products are not rounded to float16, so
-//         each term may differ from x·W by half a float16 ulp of W (tests allow it). M > 8: a
+//         each term may differ from x·W by half a float16 ulp of W (tests allow it). On the AVX2
+//         path x is first quantized to int8 (AwqCpuActivations below: faster, a bounded error;
+//         PAGEDLLM_AWQ_ACTIVATIONS=float32 turns it off). M > 8: a
 //         cache-blocked GEMM over panels dequantized to exactly W (float32), 6 × 16 register tiles,
 //         threads over N. AVX2+FMA+F16C or portable C++ (cpu_simd()); no AVX-512 variant yet.
 //   CUDA: M small: a fused GEMV (the words read once, 16-byte loads, K split across warps); larger M:
@@ -158,6 +197,22 @@ void awq_linear_cuda(const AwqLinearArgs& args, Stream& stream);
 // a CPU without it.
 void awq_linear_cpu(const AwqLinearArgs& args, Stream& stream, CpuSimd simd);
 
+// The arithmetic of the CPU gemv (M ≤ 8; larger M always multiplies float32 x by exactly W):
+//   Float32: x as given (see awq_linear above).
+//   Int8:    x quantized per 16 values (awq_quantize_activations) and multiplied by the codes in
+//            integers (AVX2 vpmaddubsw), the scales and zero points applied per block and group in
+//            float32 — 2-3x the float32 path's speed, so decode streams the weights at memory speed.
+//            The result is Σ x̂ · W (each term within half a float16 ulp of W, as Float32), which
+//            differs from Σ x · W by at most Σ_k |W[k, n]| · |x[k] − x̂[k]| ≤ Σ_k |W[k, n]| · d_b / 2
+//            (about 0.4 % of max|x| per block: llama.cpp's Q8_0 activations make the same trade).
+//            The avx2 path only (ERR_UNSUPPORTED on another).
+//   Auto:    Int8 on the avx2 path, Float32 on the portable one; PAGEDLLM_AWQ_ACTIVATIONS=float32
+//            makes the avx2 path's Auto Float32 too (read once per process).
+enum class AwqCpuActivations { Auto, Float32, Int8 };
+// What Auto resolves to on a SIMD path, and the names "auto", "float32", "int8".
+AwqCpuActivations awq_cpu_activations(CpuSimd simd);
+const char* awq_cpu_activations_name(AwqCpuActivations activations);
+
 // Several AWQ linears of one input — the same x, x_stride, x_dtype, num_tokens, in_features and
 // group_size, each with its own weight, bias and out — as one op, bit-identical to awq_linear on
 // each (linear_many's AWQ twin). CPU, M ≤ 8: x and its block sums once, one thread-pool pass over
@@ -165,6 +220,7 @@ void awq_linear_cpu(const AwqLinearArgs& args, Stream& stream, CpuSimd simd);
 // larger M and CUDA: awq_linear on each.
 void awq_linear_many(const AwqLinearArgs* args, size_t count, Stream& stream);
 void awq_linear_many_cpu(const AwqLinearArgs* args, size_t count, Stream& stream, CpuSimd simd);
+void awq_linear_many_cpu(const AwqLinearArgs* args, size_t count, Stream& stream, CpuSimd simd, AwqCpuActivations activations);
 
 // The CUDA kernels of awq_linear, for tests and the crossover benchmark; Auto is the dispatch.
 // TensorCore needs sm_80+ and float16/bfloat16 x (ERR_UNSUPPORTED otherwise).

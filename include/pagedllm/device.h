@@ -28,6 +28,7 @@ struct CpuInfo {
   std::string model_name;
   std::vector<std::string> simd;  // features usable by this process (OS support checked): "avx2", "fma", ...
   std::string simd_path;          // the kernels the CPU ops run: "avx2" or "portable" (PAGEDLLM_SIMD forces one)
+  std::string awq_activations;    // how the AWQ int4 gemv multiplies: "int8" or "float32" (awq.h AwqCpuActivations)
   int threads = 0;                // the CPU ops' thread pool size (PAGEDLLM_THREADS, else physical cores)
 };
 

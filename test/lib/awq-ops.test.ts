@@ -83,6 +83,31 @@ async function valuesOf(t: Tensor): Promise<Float64Array> {
 }
 
 /** y = x · W (+ b) in float64 and Σ|x·W| (+ |b|) per element. */
+// The CPU gemv's int8 activations (awq.h awq_quantize_activations, devices().cpu.awqActivations):
+// each row of x in blocks of 16, codes round-to-nearest-even(x · fround(127 / max|x|)) and scale
+// fround(max|x| / 127), all in float32. Returns x̂ = scale · code.
+function quantizeActivations(x: ArrayLike<number>, M: number, K: number): Float64Array {
+  const out = new Float64Array(M * K);
+  for (let m = 0; m < M; m++)
+    for (let b0 = 0; b0 < K; b0 += 16) {
+      const b1 = Math.min(K, b0 + 16);
+      let amax = 0;
+      for (let k = b0; k < b1; k++) amax = Math.max(amax, Math.abs(Math.fround(x[m * K + k]!)));
+      if (amax < 1e-30) continue;
+      const inv = Math.fround(127 / amax), d = Math.fround(amax / 127);
+      for (let k = b0; k < b1; k++) {
+        const v = Math.fround(Math.fround(x[m * K + k]!) * inv);
+        const r = Math.round(v), code = r - v === 0.5 && r % 2 !== 0 ? r - 1 : r; // ties to even
+        out[m * K + k] = d * Math.max(-127, Math.min(127, code));
+      }
+    }
+  return out;
+}
+// What the CPU multiplies x by at M tokens: x̂ where the gemv (M ≤ 8) quantizes it, else x.
+function effectiveX(x: ArrayLike<number>, M: number, K: number): ArrayLike<number> {
+  return M <= 8 && devices().cpu.awqActivations === 'int8' ? quantizeActivations(x, M, K) : x;
+}
+
 function matmulReference(x: ArrayLike<number>, W: Uint16Array, b: ArrayLike<number> | null, M: number, K: number, N: number): { y: Float64Array; mag: Float64Array } {
   const w = Float64Array.from(W, (h) => halfValue(h));
   const y = new Float64Array(M * N), mag = new Float64Array(M * N);
@@ -173,7 +198,7 @@ describe('awqLinear', () => {
     const w = upload(host, G);
     const x = tensorOf(randomValues(M * K, M), [M, K], xDtype);
     const b = tensorOf(randomValues(N, 5), [N], 'float32');
-    const { y, mag } = matmulReference(x.exact, W, b.exact, M, K, N);
+    const { y, mag } = matmulReference(effectiveX(x.exact, M, K), W, b.exact, M, K, N);
     const out = awqLinear(x.t, w, b.t, { dtype: outDtype });
     expect(out.shape).toEqual([M, N]);
     expect(out.dtype).toBe(outDtype);
@@ -191,7 +216,7 @@ describe('awqLinear', () => {
     const wide = tensorOf(randomValues(M * (K + 3), 10), [M, K + 3], 'float32');
     const x = wide.t.slice(1, 3);
     const xs = Float64Array.from({ length: M * K }, (_, i) => wide.exact[Math.floor(i / K) * (K + 3) + 3 + (i % K)]!);
-    const { y, mag } = matmulReference(xs, W, null, M, K, N);
+    const { y, mag } = matmulReference(effectiveX(xs, M, K), W, null, M, K, N);
     const target = Tensor.zeros([M, N + 4]);
     const view = target.slice(1, 2, 2 + N);
     expect(awqLinear(x, w, null, { out: view })).toBe(view);

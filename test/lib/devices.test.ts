@@ -40,6 +40,7 @@ describe('devices()', () => {
     // The kernels chosen: AVX2 only where AVX2, FMA and F16C are all usable (or portable if forced).
     const avx2 = ['avx2', 'fma', 'f16c'].every((f) => cpu.simd.includes(f));
     expect(cpu.simdPath).toBe(avx2 && process.env.PAGEDLLM_SIMD !== 'portable' ? 'avx2' : 'portable');
+    expect(cpu.awqActivations).toBe(cpu.simdPath === 'avx2' && process.env.PAGEDLLM_AWQ_ACTIVATIONS !== 'float32' ? 'int8' : 'float32');
     expect(Number.isInteger(cpu.threads) && cpu.threads >= 1).toBe(true);
     if (process.env.PAGEDLLM_THREADS === undefined) expect(cpu.threads).toBe(cpu.physicalCores);
   });

@@ -13,6 +13,7 @@ import {
   BlockManager,
   bfloat16ToFloat32,
   dequantizeAwq,
+  devices,
   float16ToFloat32,
   float32ToFloat16,
   generate,
@@ -391,7 +392,12 @@ test('generate (greedy) and `pagedllm generate --json` give the reference\'s gre
 // Quantized by the quantizer (makeTestModel's awq option), run through awqLinear, against the
 // float64 reference on the checkpoint's dequantized weights (lib/awq.ts dequantizeAwq, itself
 // checked against formats.md in awq.test.ts). Prefill (more than 8 tokens: the GEMM path) and
-// decode (one token: the GEMV path, which skips W's float16 rounding, hence the looser tolerance).
+// decode (one token: the GEMV path, which skips W's float16 rounding, hence the looser tolerance;
+// where the GEMV quantizes activations to int8 — devices().cpu.awqActivations, the avx2 default —
+// every AWQ linear's input carries up to half a step of 1/127 of its 16-value block's max, which
+// compounds over the layers to about 1-2 % of the logits' scale on these random models: looser still,
+// and the int8 kernel itself is held to the exact x̂ · W in the native and awq-ops tests).
+const DECODE_TOLERANCE = devices().cpu.awqActivations === 'int8' ? 5e-2 : 2e-3;
 
 function expectLogitsNear(got: Float32Array, want: number[], what: string, relative: number): void {
   const scale = Math.max(...want.map(Math.abs));
@@ -447,7 +453,7 @@ describe.each(awqVariants)('%s', (name, options) => {
       const row = (await out.toArray()) as Float32Array;
       out.dispose();
       const full = referenceLogits(ref, tokens);
-      expectLogitsNear(row, full[tokens.length - 1]!, `${name} decode step ${step}`, 2e-3);
+      expectLogitsNear(row, full[tokens.length - 1]!, `${name} decode step ${step}`, DECODE_TOLERANCE);
       next = argmax(full[tokens.length - 1]!);
     }
     cache.dispose();

@@ -60,6 +60,7 @@ struct AwqLinearCase {
   HostTensor x, bias;  // bias empty: none
   DType out_dtype;
   std::vector<double> ref, magnitude;
+  std::vector<float> W;  // the reference dequantized weight, [K, N]
   std::string what;
 
   AwqLinearCase(DType x_dtype, DType out, bool with_bias, int64_t m, int64_t k, int64_t n, int64_t g, bool strided,
@@ -68,7 +69,7 @@ struct AwqLinearCase {
     x = random_tensor(x_dtype, (m - 1) * x_stride + k, seed + 1, -1, 1);
     if (with_bias) bias = random_tensor(DType::Float32, n, seed + 2, -1, 1);
     // W once, from the header's reference dequantizer, then y in float64.
-    std::vector<float> W(k * n);
+    W.resize(k * n);
     pagedllm::awq_dequantize_reference(w.weight(), W.data());
     ref.assign(m * n, 0.0);
     magnitude.assign(m * n, 0.0);
@@ -109,6 +110,41 @@ struct AwqLinearCase {
             (1e-5 + weight_error) * magnitude[m * w.N + n] + std::fabs(ref[m * w.N + n]) * ulp(out_dtype) + 1e-30;
       }
     check_close(out, want, tol, backend + " " + what);
+  }
+  // The int8-activation gemv (awq.h, AwqCpuActivations::Int8): out must be Σ x̂ · W (+ bias), x̂ the
+  // header's quantization of x, within the float path's tolerance; and it is checked against
+  // Σ x · W too, with the quantization's bound Σ_k |W[k, n]| · |x[k] − x̂[k]| added.
+  void check_int8(const HostTensor& out, double weight_error, const std::string& backend) const {
+    const int64_t K = w.K, N = w.N, B = pagedllm::awq::kActivationBlock;
+    std::vector<double> want(out.size(), 0.0), tol(out.size(), 0.0), want_exact(out.size(), 0.0), tol_exact(out.size(), 0.0);
+    std::vector<float> row(K), scales((K + B - 1) / B);
+    std::vector<int8_t> codes(K);
+    for (int64_t m = 0; m < M; ++m) {
+      for (int64_t kk = 0; kk < K; ++kk) row[kk] = static_cast<float>(x.get(m * x_stride + kk));
+      pagedllm::awq_quantize_activations(row.data(), K, codes.data(), scales.data());
+      std::vector<double> y(N, 0.0), mag(N, 0.0), bound(N, 0.0);
+      for (int64_t kk = 0; kk < K; ++kk) {
+        const double xq = static_cast<double>(scales[kk / B]) * codes[kk];
+        CHECK(std::fabs(xq - row[kk]) <= (0.5 + 1e-4) * scales[kk / B], "quantization of x[", m, ", ", kk, "] = ", row[kk],
+              " is ", xq, " (scale ", scales[kk / B], ")");
+        for (int64_t j = 0; j < N; ++j) {
+          y[j] += xq * W[kk * N + j];
+          mag[j] += std::fabs(xq * W[kk * N + j]);
+          bound[j] += std::fabs(W[kk * N + j]) * std::fabs(xq - row[kk]);
+        }
+      }
+      for (int64_t j = 0; j < N; ++j) {
+        const double b = bias.size() ? bias.get(j) : 0.0;
+        const int64_t i = m * out_stride + j;
+        want[i] = y[j] + b;
+        tol[i] = (1e-5 + weight_error) * (mag[j] + std::fabs(b)) + std::fabs(want[i]) * ulp(out_dtype) + 1e-30;
+        want_exact[i] = ref[m * N + j];
+        tol_exact[i] = (1e-5 + weight_error) * magnitude[m * N + j] + bound[j] * (1 + 1e-6) +
+                       std::fabs(ref[m * N + j]) * ulp(out_dtype) + 1e-30;
+      }
+    }
+    check_close(out, want, tol, backend + " int8 activations " + what);
+    check_close(out, want_exact, tol_exact, backend + " int8 activations vs x " + what);
   }
 };
 

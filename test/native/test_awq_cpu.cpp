@@ -27,6 +27,22 @@ constexpr DType kFloats[] = {DType::Float32, DType::Float16, DType::BFloat16};
 
 std::vector<CpuSimd> simd_paths() { return cpu_simd_paths(); }
 
+// The CPU gemv's variants: every SIMD path with float32 activations, and the avx2 path with int8
+// ones (where this CPU has it).
+struct GemvPath {
+  CpuSimd simd;
+  AwqCpuActivations activations;
+  std::string name() const { return test::str(cpu_simd_name(simd), " ", awq_cpu_activations_name(activations)); }
+};
+std::vector<GemvPath> gemv_paths() {
+  std::vector<GemvPath> paths;
+  for (CpuSimd simd : cpu_simd_paths()) {
+    paths.push_back({simd, AwqCpuActivations::Float32});
+    if (simd == CpuSimd::Avx2) paths.push_back({simd, AwqCpuActivations::Int8});
+  }
+  return paths;
+}
+
 HostTensor dequantize(const AwqWeight& w, DType dtype) {
   HostTensor out(dtype, w.in_features * w.out_features);
   auto s = cpu();
@@ -85,10 +101,12 @@ TEST(awq_dequantize_worked_example) {
   // y = ones · W = 128 · W[0, n]; the gemv's unrounded (q − z)·s errs the same way in every row here.
   std::vector<float> x(K, 1.0f), y(N);
   auto s = cpu();
-  for (CpuSimd simd : simd_paths()) {
-    awq_linear_cpu({x.data(), K, DType::Float32, w, nullptr, DType::Float32, y.data(), N, DType::Float32, 1}, *s, simd);
+  // (Ones quantize to 127 · (1 / 127): within 1e-7 of 1.)
+  for (const GemvPath& path : gemv_paths()) {
+    const AwqLinearArgs a{x.data(), K, DType::Float32, w, nullptr, DType::Float32, y.data(), N, DType::Float32, 1};
+    awq_linear_many_cpu(&a, 1, *s, path.simd, path.activations);
     s->synchronize();
-    for (int64_t n = 0; n < N; ++n) CHECK(std::fabs(y[n] - 128 * f16.get(n)) <= (1e-5 + kCpuWeightError) * 128 * std::fabs(f16.get(n)), cpu_simd_name(simd), " n ", n, ": ", y[n]);
+    for (int64_t n = 0; n < N; ++n) CHECK(std::fabs(y[n] - 128 * f16.get(n)) <= (1e-5 + kCpuWeightError) * 128 * std::fabs(f16.get(n)), path.name(), " n ", n, ": ", y[n]);
   }
 }
 
@@ -115,7 +133,7 @@ TEST(awq_dequantize_bit_exact_against_the_reference) {
 
 // ---- awq_linear ----------------------------------------------------------------------------------
 
-TEST(awq_linear_cpu_grid_every_group_size_both_simd_paths) {
+TEST(awq_linear_cpu_grid_every_group_size_every_path) {
   uint32_t seed = 100;
   int combo = 0;
   for (const test::AwqShape& shape : test::awq_shapes())
@@ -123,12 +141,15 @@ TEST(awq_linear_cpu_grid_every_group_size_both_simd_paths) {
       const int k = combo++;
       const DType x = kFloats[k % 3], o = kFloats[(k / 3) % 3];
       const test::AwqLinearCase c(x, o, k % 2 == 0, M, shape.K, shape.N, shape.G, k % 4 == 1, seed++);
-      for (CpuSimd simd : simd_paths()) {
+      for (const GemvPath& path : gemv_paths()) {
         HostTensor out = c.make_out();
         auto s = cpu();
-        awq_linear_cpu(c.args(out.data()), *s, simd);
+        const AwqLinearArgs a = c.args(out.data());
+        awq_linear_many_cpu(&a, 1, *s, path.simd, path.activations);
         s->synchronize();
-        c.check(out, kCpuWeightError, test::str("cpu ", cpu_simd_name(simd)));
+        // (M > 8 multiplies float32 x whatever the gemv's activations.)
+        if (path.activations == AwqCpuActivations::Int8 && M <= 8) c.check_int8(out, kCpuWeightError, "cpu " + path.name());
+        else c.check(out, kCpuWeightError, "cpu " + path.name());
       }
     }
 }
@@ -141,14 +162,16 @@ TEST(awq_linear_cpu_llama_shapes) {
     auto s = cpu();
     awq_linear(c.args(out.data()), *s);
     s->synchronize();
-    c.check(out, kCpuWeightError, test::str("cpu dispatch (", cpu_simd_name(cpu_simd()), ")"));
+    const std::string what = test::str("cpu dispatch (", cpu_simd_name(cpu_simd()), ")");
+    if (awq_cpu_activations(cpu_simd()) == AwqCpuActivations::Int8 && M <= 8) c.check_int8(out, kCpuWeightError, what);
+    else c.check(out, kCpuWeightError, what);
   }
 }
 
 TEST(awq_linear_many_equals_awq_linear_on_each) {
   // q, k, v-like projections of one x (N 64, 16, 16, bias on one), K 256, on the gemv path (where
   // the ops share one pool pass) and the gemm path, both SIMD paths; outputs bit-identical.
-  for (CpuSimd simd : simd_paths())
+  for (const GemvPath& path : gemv_paths())
     for (int64_t M : {1, 3, 8, 9}) {
       std::vector<test::AwqLinearCase> cases;
       const int64_t Ns[] = {64, 16, 16};
@@ -162,17 +185,59 @@ TEST(awq_linear_many_equals_awq_linear_on_each) {
       }
       for (size_t i = 0; i < cases.size(); ++i) args.push_back(cases[i].args(cases[0].x.data(), cases[i].w.weight(), cases[i].bias.data(), many[i].data()));
       auto s = cpu();
-      awq_linear_many_cpu(args.data(), args.size(), *s, simd);
+      awq_linear_many_cpu(args.data(), args.size(), *s, path.simd, path.activations);
       for (size_t i = 0; i < cases.size(); ++i) {
         AwqLinearArgs a = args[i];
         a.out = one[i].data();
-        awq_linear_cpu(a, *s, simd);
+        awq_linear_many_cpu(&a, 1, *s, path.simd, path.activations);
       }
       s->synchronize();
       for (size_t i = 0; i < cases.size(); ++i)
-        CHECK(many[i].bytes == one[i].bytes, "awq_linear_many differs from awq_linear: ", cpu_simd_name(simd), " M ", M, " op ", i);
-      cases[0].check(many[0], kCpuWeightError, test::str("awq_linear_many cpu ", cpu_simd_name(simd)));
+        CHECK(many[i].bytes == one[i].bytes, "awq_linear_many differs from awq_linear: ", path.name(), " M ", M, " op ", i);
+      if (path.activations == AwqCpuActivations::Int8 && M <= 8) cases[0].check_int8(many[0], kCpuWeightError, "awq_linear_many cpu " + path.name());
+      else cases[0].check(many[0], kCpuWeightError, "awq_linear_many cpu " + path.name());
     }
+}
+
+TEST(awq_quantize_activations_definition) {
+  // Blocks of 16: scale max|x| / 127, codes rounded to nearest even, the last block short; zeros,
+  // tiny values and non-finite values.
+  std::vector<float> x(40);
+  for (int i = 0; i < 16; ++i) x[i] = (i - 8) * 0.25f;      // max |x| 2 → scale 2/127
+  x[16] = 127.0f;                                            // scale 1: codes are x rounded
+  x[17] = 2.5f;                                              // a tie: rounds to 2 (even)
+  x[18] = -3.5f;                                             // → −4
+  x[19] = 0.49f;
+  for (int i = 32; i < 40; ++i) x[i] = 1e-31f;               // below 1e-30: a zero block
+  std::vector<int8_t> c(40);
+  std::vector<float> d(3);
+  awq_quantize_activations(x.data(), 40, c.data(), d.data());
+  CHECK(d[0] == 2.0f / 127.0f && c[0] == -127 && c[8] == 0 && c[15] == 111, d[0], " ", int(c[0]), " ", int(c[15]));
+  CHECK(d[1] == 1.0f && c[16] == 127 && c[17] == 2 && c[18] == -4 && c[19] == 0 && c[20] == 0);
+  CHECK(d[2] == 0.0f && c[32] == 0 && c[39] == 0);
+  x[3] = std::nanf("");
+  x[20] = -INFINITY;
+  awq_quantize_activations(x.data(), 40, c.data(), d.data());
+  CHECK(std::isnan(d[0]) && std::isnan(d[1]) && c[0] == 0 && c[16] == 0);
+}
+
+TEST(awq_int8_gemv_non_finite_and_zero_activations) {
+  // A NaN or infinity in x makes the outputs NaN (as a float product would be non-finite); an all-zero
+  // x gives exactly the bias.
+  const test::AwqLinearCase c(DType::Float32, DType::Float32, true, 2, 256, 72, 64, false, 41);
+  for (const GemvPath& path : gemv_paths()) {
+    HostTensor x = c.x, out = c.make_out();
+    for (int64_t k = 0; k < 256; ++k) x.set(k, 0.0);
+    x.set(256 + 100, path.activations == AwqCpuActivations::Int8 ? INFINITY : std::nan(""));
+    AwqLinearArgs a = c.args(x.data(), c.w.weight(), c.bias.data(), out.data());
+    auto s = cpu();
+    awq_linear_many_cpu(&a, 1, *s, path.simd, path.activations);
+    s->synchronize();
+    for (int64_t n = 0; n < 72; ++n) {
+      CHECK(out.get(n) == c.bias.get(n), path.name(), " zero row, n ", n, ": ", out.get(n));
+      CHECK(!std::isfinite(out.get(72 + n)), path.name(), " non-finite row, n ", n, ": ", out.get(72 + n));
+    }
+  }
 }
 
 // ---- errors --------------------------------------------------------------------------------------
@@ -216,6 +281,9 @@ TEST(awq_ops_reject_bad_arguments) {
   AwqWeight bad = c.w.weight();
   bad.group_size = 256;
   expect_error(ErrorCode::Unsupported, "awq_dequantize: group size 256", [&] { awq_dequantize({bad, w.data(), DType::Float16}, *s); });
+  a = c.args(out.data());
+  expect_error(ErrorCode::Unsupported, "awq_linear: int8 activations need the avx2 path (this call runs the portable one)",
+               [&] { awq_linear_many_cpu(&a, 1, *s, CpuSimd::Portable, AwqCpuActivations::Int8); });
   // One group of any length is fine (a checkpoint's −1): 128 here.
   a = c.args(out.data());
   a.weight.group_size = 128;
