@@ -6,6 +6,7 @@
 #include "binding.h"
 #include "pagedllm/error.h"
 #include "pagedllm/model_ops.h"
+#include "pagedllm/sampling.h"
 
 namespace pagedllm::addon {
 
@@ -160,6 +161,26 @@ Napi::Value Linear(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// sampleTokens(logits, logitsOff, params, paramsOff, history|null, historyOff, tokenIds, tokenIdsOff,
+//              logprobs|null, logprobsOff, {numRows, logitsStride, vocabSize, numSamples, numHistory}, stream)
+Napi::Value SampleTokens(const Napi::CallbackInfo& info) {
+  Stream& stream = *NativeStream::From(info, 11).stream;
+  const Params p(info, 10, "sampleTokens");
+  SampleArgs a{};
+  a.num_rows = p.count("numRows");
+  a.logits_stride = p.count("logitsStride");
+  a.vocab_size = p.count("vocabSize");
+  a.num_samples = p.count("numSamples");
+  a.num_history = p.count("numHistory");
+  a.logits = reinterpret_cast<const float*>(arg_region(info, 0, span(a.num_rows, a.logits_stride, a.vocab_size, DType::Float32), stream));
+  a.params = reinterpret_cast<const SampleParams*>(arg_region(info, 2, static_cast<size_t>(a.num_samples) * sizeof(SampleParams), stream));
+  a.history = reinterpret_cast<const int32_t*>(arg_region(info, 4, static_cast<size_t>(a.num_history) * 8, stream, true));
+  a.token_ids = reinterpret_cast<int32_t*>(arg_region(info, 6, static_cast<size_t>(a.num_samples) * 4, stream));
+  a.logprobs = reinterpret_cast<float*>(arg_region(info, 8, static_cast<size_t>(a.num_samples) * 4, stream, true));
+  sample_tokens(a, stream);
+  return info.Env().Undefined();
+}
+
 // cpuSimd() → "avx2" | "portable": the CPU kernels' instruction set.
 Napi::Value CpuSimdName(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), cpu_simd_name(cpu_simd())); }
 
@@ -172,6 +193,7 @@ void init_model_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("siluMul", Napi::Function::New<Guard<SiluMul>>(env, "siluMul"));
   exports.Set("add", Napi::Function::New<Guard<Add>>(env, "add"));
   exports.Set("linear", Napi::Function::New<Guard<Linear>>(env, "linear"));
+  exports.Set("sampleTokens", Napi::Function::New<Guard<SampleTokens>>(env, "sampleTokens"));
   exports.Set("cpuSimd", Napi::Function::New<Guard<CpuSimdName>>(env, "cpuSimd"));
 }
 

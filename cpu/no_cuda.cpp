@@ -6,6 +6,7 @@
 #include "pagedllm/model_ops.h"
 #include "pagedllm/paged_attention.h"
 #include "pagedllm/paged_kv.h"
+#include "pagedllm/sampling.h"
 #include "pagedllm/tensor_ops.h"
 
 namespace pagedllm {
@@ -23,6 +24,7 @@ CudaInfo cuda_info() {
 }
 
 std::shared_ptr<Stream> create_cuda_stream(int) { no_cuda(); }
+void sample_tokens_cuda(const SampleArgs&, Stream&) { no_cuda(); }
 MemoryResourcePtr make_cuda_resource(int) { no_cuda(); }
 MemoryResourcePtr make_cuda_async_resource(int, uint64_t) { no_cuda(); }
 // Nothing can be pinned without CUDA: pageable host memory, reported as a fallback.

@@ -12,7 +12,8 @@
  *    in arrival order while blocks (with the watermark kept free), sequences and tokens last.
  *    An admission looks its prompt up in the prefix cache and computes only what is not cached.
  * The batch (prefill chunks and decode tokens mixed) runs as one `Model.forward`; only the rows
- * whose sequence has all its tokens computed are sampled. A request with `n > 1` prefills its
+ * whose sequence has all its tokens computed are sampled, on the device (`sampleTokens`: only the
+ * sampled ids cross to the host). A request with `n > 1` prefills its
  * prompt once, then forks into `n` sequences that share the prompt's blocks (copy-on-write).
  * An `AbortSignal` ends its request at the next step boundary and frees its blocks.
  *
@@ -38,7 +39,7 @@ import { KvCache, type KvCacheDType } from './kv-cache';
 import { createMemoryResource, MEMORY_CATEGORIES, memoryReport, type MemoryCategory, type MemoryReport, type MemoryResource } from './memory';
 import { Model } from './model';
 import { planMemory, type MemoryBudget, type MemoryPlan, type ModelConfig } from './planner';
-import { checkSamplingParams, sampleToken, samplerRng, type Rng, type SamplingParams } from './sampling';
+import { checkSamplingParams, sampleTokens, samplerRng, type Rng, type SampleRequest, type SamplingParams } from './sampling';
 import { type LoadProgress } from './safetensors';
 import { type StreamDecoder, Tokenizer } from './tokenizer';
 
@@ -750,19 +751,20 @@ export class Engine {
     const logits = this.model.forward(this.cache!, {
       tokenIds, positions, slotMapping, blockTables, seqLens, cuSeqLensQ, logitRows,  // none: a prompt chunk that samples nothing
     });
-    let values: Float32Array;
-    try {
-      values = (await logits.toArray()) as Float32Array;
-    } finally {
-      logits.dispose();
-    }
-    for (const s of batch) s.seq.numComputed += s.count;
-    const vocab = this.model.config.vocabSize;
-    const now = performance.now();
+    for (const s of batch) s.seq.numComputed += s.count;  // (before forking: a fork copies it)
+    // One draw per sequence that samples (n > 1: the first token of every choice from its prompt's
+    // row), sampled on the device: only the ids (and logprobs) come back.
+    const draws: SampleRequest[] = [];
+    const drawn: Seq[] = [];
+    const draw = (seq: Seq, row: number): void => {
+      const request = seq.request;
+      drawn.push(seq);
+      // The generator advances only for a random draw (as sampleToken's), so seeded runs repeat.
+      draws.push({ row, params: request.sampling, draw: request.sampling.temperature === 0 ? 0 : seq.rng(), context: { prompt: request.promptIds, output: seq.output } });
+    };
     sampled.forEach((seq, i) => {
       const request = seq.request;
       if (request.aborted !== null || seq.status !== 'running') return;
-      const row = values.subarray(i * vocab, (i + 1) * vocab);
       if (!request.forked) {
         // n > 1: the prompt is in the cache once; fork it into the other choices, which share its blocks.
         request.forked = true;
@@ -775,16 +777,27 @@ export class Engine {
           children.push(child);
         }
         this.running.splice(at, 0, ...children);
-        for (const child of children) this.appendToken(child, row, now);
+        for (const child of children) draw(child, i);
       }
-      this.appendToken(seq, row, now);
+      draw(seq, i);
+    });
+    let result: { tokenIds: Int32Array; logprobs: Float32Array | null };
+    try {
+      result = await sampleTokens(logits, draws, { logprobs: draws.some((d, i) => drawn[i]!.request.logprobs) });
+    } finally {
+      logits.dispose();
+    }
+    const now = performance.now();
+    drawn.forEach((seq, i) => {
+      if (seq.request.aborted !== null || seq.status !== 'running') return;  // aborted while sampling: ended next step
+      this.appendToken(seq, result.tokenIds[i]!, result.logprobs ? result.logprobs[i]! : NaN, now);
     });
     for (const r of new Set(sampled.map((s) => s.request))) this.maybeFinish(r);
   }
 
-  private appendToken(seq: Seq, logits: Float32Array, now: number): void {
+  private appendToken(seq: Seq, tokenId: number, logprob: number, now: number): void {
     const request = seq.request;
-    const s = sampleToken(logits, request.sampling, seq.rng, { prompt: request.promptIds, output: seq.output }, request.logprobs);
+    const s = { tokenId, logprob };
     if (Number.isNaN(request.firstToken)) {
       request.firstToken = now;
       this.ttft.push(now - request.arrival);

@@ -102,8 +102,8 @@ export type { AwqConfig, AwqQuantized, AwqTensorInfo } from './awq';
 export { quantizeModel, awqQuantizationConfig, formatQuantizeReport } from './quantize';
 export type { QuantizeOptions, QuantizeProgress, QuantizeReport, QuantizedLinearReport, QuantizedLinear } from './quantize';
 export { generate } from './generate';
-export { sampleToken, samplerRng, checkSamplingParams } from './sampling';
-export type { SamplingParams, SampleContext, Sample, Rng } from './sampling';
+export { sampleToken, sampleTokens, samplerRng, checkSamplingParams } from './sampling';
+export type { SamplingParams, SampleContext, Sample, SampleRequest, Rng } from './sampling';
 export type { GenerateOptions, GenerateResult } from './generate';
 export { Engine, GenerationStream } from './engine';
 export type {

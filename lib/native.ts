@@ -83,6 +83,7 @@ export interface NativeRopeParams {
   queryStride: number; keyStride: number; dtype: number;
 }
 export interface NativeSiluMulParams { numTokens: number; intermediateSize: number; xStride: number; dtype: number }
+export interface NativeSampleParams { numRows: number; logitsStride: number; vocabSize: number; numSamples: number; numHistory: number }
 export interface NativeLinearParams {
   numTokens: number; inFeatures: number; outFeatures: number; xStride: number; outStride: number;
   xDtype: number; weightDtype: number; biasDtype: number; outDtype: number;
@@ -173,6 +174,11 @@ export interface NativeBinding {
     params: NativeRopeParams, stream: NativeStreamHandle,
   ): void;
   siluMul(x: NativeBufferHandle, xOffset: number, out: NativeBufferHandle, outOffset: number, params: NativeSiluMulParams, stream: NativeStreamHandle): void;
+  sampleTokens(
+    logits: NativeBufferHandle, logitsOffset: number, params: NativeBufferHandle, paramsOffset: number,
+    history: NativeBufferHandle | null, historyOffset: number, tokenIds: NativeBufferHandle, tokenIdsOffset: number,
+    logprobs: NativeBufferHandle | null, logprobsOffset: number, p: NativeSampleParams, stream: NativeStreamHandle,
+  ): void;
   add(
     a: NativeBufferHandle, aOffset: number, b: NativeBufferHandle, bOffset: number,
     out: NativeBufferHandle, outOffset: number, n: number, dtype: number, stream: NativeStreamHandle,

@@ -5,14 +5,20 @@
  * draw from a seeded generator (the same seed gives the same tokens). Optional logprobs are
  * those of the final distribution (log-softmax after penalties and temperature).
  *
- * This runs on the host over logits the device returned; the CUDA issue moves it on the device
- * so that only the sampled ids cross.
+ * `sampleToken` runs on the host over one row of logits; `sampleTokens` runs the same algorithm on
+ * the logits' device (include/pagedllm/sampling.h: float64 on the CPU, decision for decision the
+ * same as `sampleToken`; float32 on CUDA) for a batch of rows, so that only the ids cross — what
+ * the Engine uses. Both take the real-valued parameters at float32 precision (the device op's), and
+ * the draw as u ∈ [0, 1) rounded down to a multiple of 2^−32 (the seeded generator's are exact).
  *
  * @example
  * const rng = samplerRng(42);
- * const id = sampleToken(logits, { temperature: 0.8, topP: 0.95 }, rng, { history: generated });
+ * const id = sampleToken(logits, { temperature: 0.8, topP: 0.95 }, rng, { output: generated });
+ * const { tokenIds } = await sampleTokens(logitsTensor, [{ row: 0, params: { temperature: 0.8 }, draw: rng() }]);
  */
 import { InvalidArgumentError } from './errors';
+import { native } from './native';
+import { Tensor } from './tensor';
 
 export interface SamplingParams {
   /** 0: greedy. Default 1. */
@@ -89,7 +95,7 @@ export interface Sample {
  * not a full sort per token. `wantLogprob` false skips the log-softmax (NaN is returned).
  */
 export function sampleToken(logits: Float32Array, params: SamplingParams, rng: Rng, context: SampleContext = {}, wantLogprob = true): Sample {
-  const p = checkSamplingParams(params);
+  const p = atFloat32(checkSamplingParams(params));
   const V = logits.length;
   if (V === 0) throw new InvalidArgumentError('sampling: empty logits');
   const penalized = p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0;
@@ -135,7 +141,7 @@ export function sampleToken(logits: Float32Array, params: SamplingParams, rng: R
   const logprobOf = (id: number): number => (wantLogprob ? Math.log(e[id]! / all) : NaN);
   const k = p.topK > 0 ? Math.min(p.topK, V) : V;
 
-  let ids: Int32Array;  // the kept tokens; in descending probability (ties: lower id first) when top-k / top-p ordered them
+  let ids: Int32Array;  // the kept tokens, in id order
   if (k < V || p.topP < 1) {
     // Only tokens with e ≥ floor can survive: the k-th largest for top-k; for top-p alone, two
     // buckets below the one where the descending cumulative mass reaches topP (a margin for rounding).
@@ -163,7 +169,7 @@ export function sampleToken(logits: Float32Array, params: SamplingParams, rng: R
         }
       }
     }
-    ids = order.subarray(0, keep);
+    ids = order.slice(0, keep).sort();
   } else {
     ids = new Int32Array(V);
     for (let i = 0; i < V; i++) ids[i] = i;
@@ -172,10 +178,10 @@ export function sampleToken(logits: Float32Array, params: SamplingParams, rng: R
   let total = 0;
   let last = -1;
   for (let i = 0; i < ids.length; i++) if (e[ids[i]!]! >= p.minP) total += e[ids[i]!]!;
-  let u = rng() * total;
+  let u = drawOf(rng()) * total;
   for (let i = 0; i < ids.length; i++) {
     const id = ids[i]!;
-    if (e[id]! < p.minP) continue;
+    if (!(e[id]! >= p.minP)) continue;  // (NaN too)
     last = id;
     u -= e[id]!;
     if (u < 0) return { tokenId: id, logprob: logprobOf(id) };
@@ -184,6 +190,23 @@ export function sampleToken(logits: Float32Array, params: SamplingParams, rng: R
 }
 
 const MASS_BUCKETS = 64;
+
+/** The real-valued parameters rounded to float32, as the device op receives them. */
+function atFloat32<T extends Required<Omit<SamplingParams, 'seed'>>>(p: T): T {
+  return {
+    ...p, temperature: Math.fround(p.temperature), topP: Math.fround(p.topP), minP: Math.fround(p.minP),
+    repetitionPenalty: Math.fround(p.repetitionPenalty), presencePenalty: Math.fround(p.presencePenalty), frequencyPenalty: Math.fround(p.frequencyPenalty),
+  };
+}
+
+/** u ∈ [0, 1) as the device op receives it: floor(u · 2^32) (and back to [0, 1)). */
+function drawBits(u: number): number {
+  if (!(u >= 0 && u < 1)) throw new InvalidArgumentError(`sampling: a draw must be in [0, 1), got ${String(u)}`);
+  return Math.min(0xffffffff, Math.floor(u * 4294967296));
+}
+function drawOf(u: number): number {
+  return drawBits(u) / 4294967296;
+}
 const f32 = new Float32Array(1);
 const f32Bits = new Uint32Array(f32.buffer);
 
@@ -253,4 +276,98 @@ function logSoftmaxAt(x: Float64Array | Float32Array, id: number): number {
   let sum = 0;
   for (let i = 0; i < n; i++) sum += Math.exp(x[i]! - max);
   return x[id]! - max - Math.log(sum);
+}
+
+// ---- on the device -------------------------------------------------------------------------------
+
+/** One draw of `sampleTokens`. */
+export interface SampleRequest {
+  /** The row of the logits to draw from (several draws may share a row: n > 1 choices). */
+  row: number;
+  params: SamplingParams;
+  /** u ∈ [0, 1): the generator's next value (unused, and may be 0, when greedy). */
+  draw: number;
+  /** Prompt and output so far, for the penalties. */
+  context?: SampleContext;
+}
+
+/**
+ * Samples every request's token from `logits` (float32 [rows, vocabSize], rows contiguous) on
+ * the logits' device and stream; only the ids (and logprobs when asked) come back. Each request's
+ * result is what `sampleToken(logits row, params, () => draw, context)` returns (CPU: the same
+ * decisions; CUDA: float32 arithmetic, see include/pagedllm/sampling.h). NaN logits give
+ * ERR_INVALID_ARGUMENT naming the row.
+ */
+export async function sampleTokens(
+  logits: Tensor, requests: readonly SampleRequest[], options: { logprobs?: boolean } = {},
+): Promise<{ tokenIds: Int32Array; logprobs: Float32Array | null }> {
+  const op = 'sampleTokens';
+  if (!(logits instanceof Tensor)) throw new InvalidArgumentError(`${op}: logits must be a Tensor`);
+  logits.nativeRegion();  // ERR_DISPOSED
+  if (logits.dtype !== 'float32' || logits.ndim !== 2) throw new InvalidArgumentError(`${op}: logits must be float32 [rows, vocabSize], got ${logits.dtype} [${logits.shape.join(', ')}]`);
+  const [rows, vocab] = logits.shape as [number, number];
+  if (vocab === 0) throw new InvalidArgumentError('sampling: empty logits');
+  if (vocab > 2 ** 20) throw new InvalidArgumentError(`sampling: vocabularies above ${2 ** 20} tokens are not supported, got ${vocab}`);
+  if ((vocab > 1 && logits.strides[1] !== 1) || (rows > 1 && logits.strides[0]! < vocab)) {
+    throw new InvalidArgumentError(`${op}: logits must have contiguous rows, got strides [${logits.strides.join(', ')}]`);
+  }
+  const S = requests.length;
+  if (S === 0) return { tokenIds: new Int32Array(0), logprobs: options.logprobs ? new Float32Array(0) : null };
+  const packed = new Int32Array(12 * S);
+  const floats = new Float32Array(packed.buffer);
+  const history: number[] = [];
+  requests.forEach((r, i) => {
+    if (!Number.isInteger(r.row) || r.row < 0 || r.row >= rows) throw new InvalidArgumentError(`${op}: request ${i} row ${String(r.row)} is outside the logits (${rows} rows)`);
+    const p = atFloat32(checkSamplingParams(r.params));
+    const penalized = p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0;
+    const begin = history.length / 2;
+    if (penalized) {
+      // Distinct tokens: the output's with their counts, then the prompt's others with 0.
+      const counts = new Map<number, number>();
+      const output = r.context?.output ?? [];
+      for (let j = 0; j < output.length; j++) counts.set(output[j]!, (counts.get(output[j]!) ?? 0) + 1);
+      if (p.repetitionPenalty !== 1) {
+        const prompt = r.context?.prompt ?? [];
+        for (let j = 0; j < prompt.length; j++) if (!counts.has(prompt[j]!)) counts.set(prompt[j]!, 0);
+      }
+      for (const [t, n] of counts) history.push(t, n);
+    }
+    floats[12 * i] = p.temperature;
+    floats[12 * i + 1] = p.topP;
+    floats[12 * i + 2] = p.minP;
+    floats[12 * i + 3] = p.repetitionPenalty;
+    floats[12 * i + 4] = p.presencePenalty;
+    floats[12 * i + 5] = p.frequencyPenalty;
+    packed[12 * i + 6] = p.topK;
+    packed[12 * i + 7] = r.row;
+    packed[12 * i + 8] = begin;
+    packed[12 * i + 9] = history.length / 2;
+    packed[12 * i + 10] = p.temperature === 0 ? 0 : drawBits(r.draw) | 0;
+    packed[12 * i + 11] = 0;
+  });
+  const on = { stream: logits.stream, dtype: 'int32' as const };
+  const params = Tensor.fromArray(packed, [S, 12], on);
+  const hist = history.length > 0 ? Tensor.fromArray(Int32Array.from(history), [history.length / 2, 2], on) : null;
+  const ids = Tensor.empty([S], on);
+  const lp = options.logprobs ? Tensor.empty([S], { stream: logits.stream, dtype: 'float32' }) : null;
+  try {
+    const [histHandle, histOffset] = hist ? hist.nativeRegion() : [null, 0];
+    const [lpHandle, lpOffset] = lp ? lp.nativeRegion() : [null, 0];
+    native().sampleTokens(
+      ...logits.nativeRegion(), ...params.nativeRegion(), histHandle, histOffset, ...ids.nativeRegion(), lpHandle, lpOffset,
+      { numRows: rows, logitsStride: rows > 1 ? logits.strides[0]! : vocab, vocabSize: vocab, numSamples: S, numHistory: history.length / 2 },
+      logits.stream.handle,
+    );
+    const tokenIds = (await ids.toArray()) as Int32Array;
+    const logprobs = lp ? ((await lp.toArray()) as Float32Array) : null;
+    tokenIds.forEach((id, i) => {
+      if (id < 0) throw new InvalidArgumentError(`${op}: logits row ${requests[i]!.row} holds NaN: nothing to sample`);
+    });
+    return { tokenIds, logprobs };
+  } finally {
+    params.dispose();
+    hist?.dispose();
+    ids.dispose();
+    lp?.dispose();
+  }
 }

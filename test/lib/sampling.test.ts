@@ -1,6 +1,7 @@
 // Sampling: greedy, temperature, top-k, top-p, min-p and the penalties against distributions
-// computed here by hand, seeded determinism, empirical frequencies, and exact errors.
-import { checkSamplingParams, InvalidArgumentError, sampleToken, samplerRng } from '../../lib';
+// computed here by hand, seeded determinism, empirical frequencies, and exact errors; and the
+// device op sampleTokens (on the CPU) token for token against sampleToken.
+import { checkSamplingParams, InvalidArgumentError, sampleToken, sampleTokens, samplerRng, Tensor, type SampleRequest, type SamplingParams } from '../../lib';
 
 const logits = Float32Array.from([2.0, 1.0, 0.5, 3.0, -1.0]);
 
@@ -109,4 +110,55 @@ test('bad parameters get exact errors', () => {
   expect(() => checkSamplingParams({ repetitionPenalty: 0 })).toThrow('sampling: repetitionPenalty must be a number > 0, got 0');
   expect(() => samplerRng(1.5)).toThrow('sampling: seed must be an integer, got 1.5');
   expect(() => sampleToken(new Float32Array(0), {}, samplerRng(1))).toThrow('sampling: empty logits');
+});
+
+describe('sampleTokens (on the device: the CPU here)', () => {
+  // A batch of rows with repeated values (ties), a grid of parameters, draws from a seeded generator
+  // and penalty histories; each request's token must be sampleToken's with the same draw.
+  function cases(V: number, seed: number): { logits: Float32Array; rows: number; requests: SampleRequest[] } {
+    const r = samplerRng(seed);
+    const rows = 3;
+    const logits = Float32Array.from({ length: rows * V }, (_, i) => (i % 7 === 0 ? Math.round(r() * 8 - 4) : (r() + r() + r() - 1.5) * 4));
+    const requests: SampleRequest[] = [];
+    for (const temperature of [0, 0.7, 1.3])
+      for (const topK of [0, 1, 5, 50])
+        for (const topP of [1, 0.9, 0.5])
+          for (const minP of [0, 0.05])
+            for (const penalties of [false, true]) {
+              const params: SamplingParams = { temperature, topK, topP, minP, ...(penalties ? { repetitionPenalty: 1.3, presencePenalty: 0.5, frequencyPenalty: 0.25 } : {}) };
+              const context = penalties
+                ? { prompt: Array.from({ length: 5 }, () => Math.floor(r() * V)), output: Array.from({ length: 6 }, () => Math.floor(r() * V)) }
+                : undefined;
+              requests.push({ row: requests.length % rows, params, draw: r(), ...(context ? { context } : {}) });
+            }
+    return { logits, rows, requests };
+  }
+
+  test.each([1, 7, 1000, 32000])('vocabulary %i: the same tokens and logprobs as sampleToken', async (V) => {
+    const { logits, rows, requests } = cases(V, V);
+    const t = Tensor.fromArray(logits, [rows, V]);
+    const got = await sampleTokens(t, requests, { logprobs: true });
+    t.dispose();
+    requests.forEach((req, i) => {
+      const want = sampleToken(logits.subarray(req.row * V, (req.row + 1) * V), req.params, () => req.draw, req.context);
+      if (got.tokenIds[i] !== want.tokenId) throw new Error(`request ${i} (${JSON.stringify(req.params)}): token ${got.tokenIds[i]}, want ${want.tokenId}`);
+      expect(Math.abs(got.logprobs![i]! - want.logprob)).toBeLessThanOrEqual(1e-5 * (1 + Math.abs(want.logprob)));
+    });
+  });
+
+  test('strided rows, no logprobs, and typed errors', async () => {
+    const wide = Tensor.fromArray(Float32Array.from([9, 1, 5, 2, 0, 3, 7, 4, 1, 1]), [2, 5]);
+    const view = wide.slice(1, 1, 4);  // [[1, 5, 2], [7, 4, 1]], row stride 5
+    const out = await sampleTokens(view, [{ row: 1, params: { temperature: 0 }, draw: 0 }, { row: 0, params: { temperature: 0 }, draw: 0 }]);
+    expect(Array.from(out.tokenIds)).toEqual([0, 1]);
+    expect(out.logprobs).toBeNull();
+    await expect(sampleTokens(view, [{ row: 2, params: {}, draw: 0.5 }])).rejects.toThrow('sampleTokens: request 0 row 2 is outside the logits (2 rows)');
+    await expect(sampleTokens(view, [{ row: 0, params: {}, draw: 1 }])).rejects.toThrow('sampling: a draw must be in [0, 1), got 1');
+    await expect(sampleTokens(view, [{ row: 0, params: { topP: 0 }, draw: 0.5 }])).rejects.toThrow(InvalidArgumentError);
+    await expect(sampleTokens(Tensor.zeros([2, 3], { dtype: 'float16' }), [])).rejects.toThrow('sampleTokens: logits must be float32 [rows, vocabSize], got float16 [2, 3]');
+    const nan = Tensor.fromArray(Float32Array.from([NaN, NaN]), [1, 2]);
+    await expect(sampleTokens(nan, [{ row: 0, params: {}, draw: 0.5 }])).rejects.toThrow('sampleTokens: logits row 0 holds NaN: nothing to sample');
+    nan.dispose();
+    wide.dispose();
+  });
 });
