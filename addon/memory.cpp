@@ -149,10 +149,25 @@ Napi::Value CreateMemoryResource(const Napi::CallbackInfo& info) {
   return NativeMemoryResource::Wrap(env, make_tracking_adaptor(base));
 }
 
+// memoryReport(resource, deviceInfo = true): deviceInfo false skips asking the device for its free
+// and total memory (a file read on the CPU), for callers that only want the counters.
 Napi::Value MemoryReportJs(const Napi::CallbackInfo& info) {
   MemoryReport report;
+  report.with_device_info = !(info.Length() > 1 && info[1].IsBoolean() && !info[1].As<Napi::Boolean>().Value());
   NativeMemoryResource::From(info, 0).resource->report(report);
   return report_to_js(info.Env(), report);
+}
+
+// memoryCurrent(resource) → [bytes in use per category] (the report's categories' `current`, or
+// zeros without an accounting adaptor): what a per-step caller needs, without building the report.
+Napi::Value MemoryCurrent(const Napi::CallbackInfo& info) {
+  MemoryReport report;
+  report.with_device_info = false;
+  NativeMemoryResource::From(info, 0).resource->report(report);
+  Napi::Array out = Napi::Array::New(info.Env(), kNumCategories);
+  for (int i = 0; i < kNumCategories; ++i)
+    out.Set(static_cast<uint32_t>(i), static_cast<double>(report.has_usage ? report.by_category[i].current_bytes : 0));
+  return out;
 }
 
 Napi::Value MemoryTrim(const Napi::CallbackInfo& info) {
@@ -260,6 +275,7 @@ void init_memory(Napi::Env env, Napi::Object exports) {
   exports.Set("defaultMemoryResource", Napi::Function::New<Guard<DefaultMemoryResource>>(env, "defaultMemoryResource"));
   exports.Set("createMemoryResource", Napi::Function::New<Guard<CreateMemoryResource>>(env, "createMemoryResource"));
   exports.Set("memoryReport", Napi::Function::New<Guard<MemoryReportJs>>(env, "memoryReport"));
+  exports.Set("memoryCurrent", Napi::Function::New<Guard<MemoryCurrent>>(env, "memoryCurrent"));
   exports.Set("memoryTrim", Napi::Function::New<Guard<MemoryTrim>>(env, "memoryTrim"));
   exports.Set("timeAllocatorPairs", Napi::Function::New<Guard<TimeAllocatorPairs>>(env, "timeAllocatorPairs"));
   exports.Set("replayAllocatorTrace", Napi::Function::New<Guard<ReplayAllocatorTrace>>(env, "replayAllocatorTrace"));

@@ -22,7 +22,7 @@ class HostMemoryResource final : public MemoryResource {
   void report(MemoryReport& out) override {
     out.kind = kind();
     out.device = device();
-    device_memory_info(device(), &out.device_free, &out.device_total);
+    if (out.with_device_info) device_memory_info(device(), &out.device_free, &out.device_total);
   }
 
  private:

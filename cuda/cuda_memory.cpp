@@ -49,7 +49,7 @@ class CudaMemoryResource final : public MemoryResource {
   void report(MemoryReport& out) override {
     out.kind = kind();
     out.device = device();
-    cuda_memory_info(device_index_, &out.device_free, &out.device_total);
+    if (out.with_device_info) cuda_memory_info(device_index_, &out.device_free, &out.device_total);
   }
 
  private:
@@ -107,7 +107,7 @@ class CudaAsyncMemoryResource final : public MemoryResource {
     out.pool_in_use = used;
     out.pool_peak_in_use = used_high;
     out.pool_free = reserved > used ? reserved - used : 0;
-    cuda_memory_info(device_index_, &out.device_free, &out.device_total);
+    if (out.with_device_info) cuda_memory_info(device_index_, &out.device_free, &out.device_total);
   }
 
  private:
@@ -140,7 +140,7 @@ class PinnedHostMemoryResource final : public MemoryResource {
   void report(MemoryReport& out) override {
     out.kind = kind();
     out.device = device();
-    device_memory_info(device(), &out.device_free, &out.device_total);
+    if (out.with_device_info) device_memory_info(device(), &out.device_free, &out.device_total);
     std::lock_guard<std::mutex> lock(mutex_);
     out.pinned_fallback = fell_back_;
   }

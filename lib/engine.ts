@@ -36,7 +36,7 @@ import { devices, type DeviceSpec } from './device';
 import { type DType } from './dtype';
 import { AbortedError, DisposedError, InvalidArgumentError, PagedLLMError, UnsupportedError } from './errors';
 import { KvCache, type KvCacheDType } from './kv-cache';
-import { createMemoryResource, MEMORY_CATEGORIES, memoryReport, type MemoryCategory, type MemoryReport, type MemoryResource } from './memory';
+import { createMemoryResource, defaultMemoryResource, MEMORY_CATEGORIES, memoryReport, type MemoryCategory, type MemoryReport, type MemoryResource } from './memory';
 import { Model } from './model';
 import { planMemory, type MemoryBudget, type MemoryPlan, type ModelConfig } from './planner';
 import { checkSamplingParams, sampleTokens, samplerRng, type Rng, type SampleRequest, type SamplingParams } from './sampling';
@@ -335,6 +335,7 @@ export class Engine {
   private readonly logger: ((line: string) => void) | null;
   private readonly onStep: ((step: EngineStep) => void) | undefined;
   private readonly created = performance.now();
+  private memory: MemoryResource | null = null;  // the device's default resource (onStep's memory figures)
 
   private readonly waiting: Seq[] = [];
   private running: Seq[] = [];
@@ -618,8 +619,8 @@ export class Engine {
     this.counts.promptComputed += prefill;
     if (this.onStep) {
       const stats = this.blocks.stats();
-      const categories = memoryReport(this.device as DeviceSpec).categories;
-      const memory = Object.fromEntries(MEMORY_CATEGORIES.map((c) => [c, categories?.[c].current ?? 0])) as Record<MemoryCategory, number>;
+      const current = (this.memory ??= defaultMemoryResource(this.device as DeviceSpec)).currentByCategory();
+      const memory = Object.fromEntries(MEMORY_CATEGORIES.map((c, i) => [c, current[i] ?? 0])) as Record<MemoryCategory, number>;
       this.onStep({
         step: this.counts.steps, time: ended - this.created, durationMs: ended - started, prefillTokens: prefill, decodeTokens: decode,
         running: this.running.length, waiting: this.waiting.length, swapped: this.swapped.length, preempted,

@@ -131,6 +131,14 @@ export class MemoryResource {
     return native().memoryReport(this.handle) as MemoryReport;
   }
 
+  /**
+   * @internal Bytes in use per category (`report().categories[c].current`, 0 without accounting),
+   * in MEMORY_CATEGORIES order, without building the whole report: for per-step callers.
+   */
+  currentByCategory(): number[] {
+    return native().memoryCurrent(this.handle);
+  }
+
   /** Returns idle memory to the upstream (pool: whole free chunks; cuda-async: the driver pool). */
   trim(): void {
     native().memoryTrim(this.handle);
@@ -146,7 +154,7 @@ export class MemoryResource {
   /** @internal called after allocations: logs when the reserved bytes changed. */
   noteReservedChange(cause: string): void {
     if (!this.logger) return;
-    const report = this.report();
+    const report = native().memoryReport(this.handle, false) as MemoryReport;  // (runs on every allocation: no device query)
     const reserved = report.pool?.reserved ?? report.total?.current ?? 0;
     if (reserved === this.loggedReserved) return;
     const delta = reserved - this.loggedReserved;

@@ -215,7 +215,8 @@ export interface NativeBinding {
     options: { initialBytes?: number; maxBytes?: number; releaseThreshold?: number; limitBytes?: number; upstream?: NativeMemoryResourceHandle },
   ): NativeMemoryResourceHandle;
   /** A MemoryReport (lib/memory.ts). */
-  memoryReport(resource: NativeMemoryResourceHandle): unknown;
+  memoryReport(resource: NativeMemoryResourceHandle, deviceInfo?: boolean): unknown;
+  memoryCurrent(resource: NativeMemoryResourceHandle): number[];
   memoryTrim(resource: NativeMemoryResourceHandle): void;
   /** ns per alloc+free pair for each of `samples` batches of `pairsPerSample`; `resource` null times malloc/free. */
   timeAllocatorPairs(resource: NativeMemoryResourceHandle | null, stream: NativeStreamHandle, bytes: number, pairsPerSample: number, samples: number): Float64Array;

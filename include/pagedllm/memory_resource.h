@@ -76,7 +76,10 @@ struct MemoryReport {
   uint64_t ooms = 0;
   // Driver pool (cuda-async).
   uint64_t release_threshold = 0;
-  // The device, when the resource can ask (0 otherwise).
+  // The device, when the resource can ask (0 otherwise), and when the caller wants it: false skips
+  // the question (a /proc/meminfo read on the CPU, cudaMemGetInfo on CUDA) for a cheap report of
+  // the counters.
+  bool with_device_info = true;
   uint64_t device_free = 0;
   uint64_t device_total = 0;
   // Pinned host fell back to pageable memory.
