@@ -1,7 +1,7 @@
 // sample_tokens (include/pagedllm/sampling.h): the argument checks and dispatch for every backend,
 // and the CPU op — lib/sampling.ts sampleToken's algorithm step for step in float64 (the same
-// bucketed top-p bound, quickselect for top-k and the same sort keys), samples split over the
-// thread pool.
+// bucketed top-p bound, quickselect for top-k and the same sort keys; its sums over the vocabulary
+// are added by chunks), samples split over the thread pool, or one sample's vocabulary.
 #include "pagedllm/sampling.h"
 
 #include <algorithm>
@@ -22,6 +22,7 @@ namespace {
 
 constexpr int64_t kMaxVocab = int64_t(1) << 20;
 constexpr int kMassBuckets = 64;
+constexpr int64_t kChunk = 8192;  // vocabulary chunk of the exponentials (see sample_one)
 
 void check_sample_args(const SampleArgs& a) {
   PAGEDLLM_CHECK(a.vocab_size > 0 && a.vocab_size <= kMaxVocab, InvalidArgument, "sample_tokens: vocab_size ", a.vocab_size,
@@ -58,6 +59,8 @@ struct Scratch {
   std::vector<double> x, values;
   std::vector<double> keys;
   std::vector<int32_t> ids;
+  std::vector<double> chunk_max, chunk_sums;
+  std::vector<int64_t> chunk_counts;
 };
 
 // log-softmax of x at id (lib/sampling.ts logSoftmaxAt).
@@ -79,7 +82,8 @@ int64_t argmax(const T* x, int64_t n) {
   return best;
 }
 
-void sample_one(const SampleArgs& a, const SampleParams& p, Scratch& s, int32_t* token, float* logprob) {
+// split: this sample may use the thread pool (it is the only one running).
+void sample_one(const SampleArgs& a, const SampleParams& p, Scratch& s, int32_t* token, float* logprob, bool split) {
   const int64_t V = a.vocab_size;
   const float* row = a.logits + p.logits_row * a.logits_stride;
   const bool want = logprob != nullptr;
@@ -113,19 +117,52 @@ void sample_one(const SampleArgs& a, const SampleParams& p, Scratch& s, int32_t*
     return;
   }
   const double T = p.temperature;
+  // x /= T and its max, then x becomes e = exp(x − max) ∈ (0, 1] with all = Σ e and mass[b] the sum
+  // of those in (2^−(b+1), 2^−b] (the top-p bound). Over fixed chunks of the vocabulary, on the
+  // pool when this is the only sample running (`split`); the chunks' sums are added in chunk order,
+  // so the result does not depend on the number of threads.
+  const int64_t chunks = (V + kChunk - 1) / kChunk;
+  s.chunk_max.assign(chunks, -std::numeric_limits<double>::infinity());
+  s.chunk_sums.assign(chunks * (kMassBuckets + 1), 0.0);
+  s.chunk_counts.assign(chunks * kMassBuckets, 0);
+  auto scale = [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double m = -std::numeric_limits<double>::infinity();
+      for (int64_t i = c * kChunk; i < std::min(V, (c + 1) * kChunk); ++i)
+        if ((x[i] = x[i] / T) > m) m = x[i];
+      s.chunk_max[c] = m;
+    }
+  };
   double max = -std::numeric_limits<double>::infinity();
-  for (int64_t i = 0; i < V; ++i)
-    if ((x[i] = x[i] / T) > max) max = x[i];
-  // x becomes e = exp(x − max) ∈ (0, 1]; mass[b] sums those in (2^−(b+1), 2^−b] (the top-p bound).
+  auto exponentiate = [&](int64_t c0, int64_t c1) {
+    for (int64_t c = c0; c < c1; ++c) {
+      double* sums = &s.chunk_sums[c * (kMassBuckets + 1)];  // [all, mass[0 … 63]]
+      for (int64_t i = c * kChunk; i < std::min(V, (c + 1) * kChunk); ++i) {
+        const double d = max - x[i];
+        const double e = (x[i] = std::exp(-d));
+        sums[0] += e;
+        const double bits = d * 1.4426950408889634;  // Math.LOG2E
+        const int b = bits < kMassBuckets - 1 ? static_cast<int>(bits) : kMassBuckets - 1;
+        sums[1 + b] += e;
+        s.chunk_counts[c * kMassBuckets + b]++;
+      }
+    }
+  };
+  if (split && chunks > 1) ThreadPool::global().parallel_for(chunks, 1, scale);
+  else scale(0, chunks);
+  for (double m : s.chunk_max)
+    if (m > max) max = m;
+  if (split && chunks > 1) ThreadPool::global().parallel_for(chunks, 1, exponentiate);
+  else exponentiate(0, chunks);
   double mass[kMassBuckets] = {};
+  int64_t count[kMassBuckets] = {};
   double all = 0;
-  for (int64_t i = 0; i < V; ++i) {
-    const double d = max - x[i];
-    const double e = (x[i] = std::exp(-d));
-    all += e;
-    const double bits = d * 1.4426950408889634;  // Math.LOG2E
-    const int b = bits < kMassBuckets - 1 ? static_cast<int>(bits) : kMassBuckets - 1;
-    mass[b] += e;
+  for (int64_t c = 0; c < chunks; ++c) {
+    all += s.chunk_sums[c * (kMassBuckets + 1)];
+    for (int b = 0; b < kMassBuckets; ++b) {
+      mass[b] += s.chunk_sums[c * (kMassBuckets + 1) + 1 + b];
+      count[b] += s.chunk_counts[c * kMassBuckets + b];
+    }
   }
   const double* e = x;
   const int64_t k = p.top_k > 0 ? std::min<int64_t>(p.top_k, V) : V;
@@ -136,7 +173,16 @@ void sample_one(const SampleArgs& a, const SampleParams& p, Scratch& s, int32_t*
   if (k < V || top_p < 1) {
     double floor = 0;
     if (k < V) {
-      s.values.assign(e, e + V);
+      // The k-th largest e: among the tokens of the buckets down to the one where the count reaches k.
+      int64_t seen = 0;
+      int b = 0;
+      while (b < kMassBuckets - 1 && (seen += count[b]) < k) b++;
+      // (A bucket lower than its own bound: a count near a bucket's edge may have rounded either way.)
+      const double bound = b + 2 >= kMassBuckets ? -1.0 : std::ldexp(1.0, -(b + 2));
+      s.values.clear();
+      for (int64_t i = 0; i < V; ++i)
+        if (e[i] > bound) s.values.push_back(e[i]);
+      if (static_cast<int64_t>(s.values.size()) < k) s.values.assign(e, e + V);  // (cannot happen; never index past)
       std::nth_element(s.values.begin(), s.values.begin() + (k - 1), s.values.end(), std::greater<double>());
       floor = s.values[k - 1];
     } else {
@@ -199,12 +245,21 @@ void sample_one(const SampleArgs& a, const SampleParams& p, Scratch& s, int32_t*
   if (want) *logprob = last < 0 ? std::numeric_limits<float>::quiet_NaN() : static_cast<float>(std::log(e[last] / all));
 }
 
+// Samples over the pool when there are enough to keep it busy; else one after another, each
+// splitting its vocabulary-wide loops over the pool.
 void run_samples(const SampleArgs& a) {
-  ThreadPool::global().parallel_for(a.num_samples, 1, [&](int64_t i0, int64_t i1) {
-    thread_local Scratch scratch;
-    for (int64_t i = i0; i < i1; ++i)
-      sample_one(a, a.params[i], scratch, a.token_ids + i, a.logprobs ? a.logprobs + i : nullptr);
-  });
+  ThreadPool& pool = ThreadPool::global();
+  if (a.num_samples >= pool.size()) {
+    pool.parallel_for(a.num_samples, 1, [&](int64_t i0, int64_t i1) {
+      thread_local Scratch scratch;
+      for (int64_t i = i0; i < i1; ++i)
+        sample_one(a, a.params[i], scratch, a.token_ids + i, a.logprobs ? a.logprobs + i : nullptr, false);
+    });
+    return;
+  }
+  thread_local Scratch scratch;
+  for (int64_t i = 0; i < a.num_samples; ++i)
+    sample_one(a, a.params[i], scratch, a.token_ids + i, a.logprobs ? a.logprobs + i : nullptr, true);
 }
 
 }  // namespace

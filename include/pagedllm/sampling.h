@@ -15,8 +15,11 @@
 //      whose running sum of e exceeds u · Σ_kept e; logprob = log(e / all).
 // A token whose logit is NaN is never drawn; a row of NaN gives id −1 (logprob NaN), which callers
 // report.
-// CPU: float64 math, bit-for-bit the host sampler's decisions (its exp is the C library's, which
-// may differ from V8's in the last bit: a draw within ~1e-16 of a boundary could go the other way).
+// CPU: float64 math, the host sampler's decisions (its exp is the C library's, which may differ
+// from V8's in the last bit, and its vocabulary-wide sums are added by chunks of 8192 tokens, so a
+// draw within ~1e-16 of a boundary could go the other way; the chunks are fixed, so the result does
+// not depend on the number of threads). Samples run in parallel, or, when fewer than the threads,
+// one sample's vocabulary-wide loops do.
 // CUDA: one block per sample, float32 math (penalties, softmax, and a search over float32 bit
 // patterns for the top-k / top-p cut); it agrees with the CPU except where float32 rounding moves a
 // cut or a draw boundary. Several samples may read one logits row (n > 1 choices of one prompt).
