@@ -12,11 +12,16 @@
 #include <vector>
 
 #include "cpu_stream.h"
+#include "pagedllm/model_ops.h"
 #include "pagedllm/device.h"
 #include "pagedllm/error.h"
 #include "thread_pool.h"
 
 namespace pagedllm {
+
+namespace sampling_kernels {
+void exp_negative_avx2(const double* d, double* out, int64_t n);  // cpu/sampling_avx2.cpp
+}  // namespace sampling_kernels
 
 namespace {
 
@@ -134,17 +139,27 @@ void sample_one(const SampleArgs& a, const SampleParams& p, Scratch& s, int32_t*
     }
   };
   double max = -std::numeric_limits<double>::infinity();
+  const bool avx2 = cpu_simd() == CpuSimd::Avx2;
   auto exponentiate = [&](int64_t c0, int64_t c1) {
+    constexpr int64_t kStep = 256;
+    double d[kStep], ev[kStep];
     for (int64_t c = c0; c < c1; ++c) {
       double* sums = &s.chunk_sums[c * (kMassBuckets + 1)];  // [all, mass[0 … 63]]
-      for (int64_t i = c * kChunk; i < std::min(V, (c + 1) * kChunk); ++i) {
-        const double d = max - x[i];
-        const double e = (x[i] = std::exp(-d));
-        sums[0] += e;
-        const double bits = d * 1.4426950408889634;  // Math.LOG2E
-        const int b = bits < kMassBuckets - 1 ? static_cast<int>(bits) : kMassBuckets - 1;
-        sums[1 + b] += e;
-        s.chunk_counts[c * kMassBuckets + b]++;
+      int64_t* counts = &s.chunk_counts[c * kMassBuckets];
+      for (int64_t i0 = c * kChunk; i0 < std::min(V, (c + 1) * kChunk); i0 += kStep) {
+        const int64_t n = std::min(kStep, std::min(V, (c + 1) * kChunk) - i0);
+        for (int64_t j = 0; j < n; ++j) d[j] = max - x[i0 + j];
+        if (avx2) sampling_kernels::exp_negative_avx2(d, ev, n);
+        else
+          for (int64_t j = 0; j < n; ++j) ev[j] = std::exp(-d[j]);
+        for (int64_t j = 0; j < n; ++j) {
+          const double e = (x[i0 + j] = ev[j]);
+          sums[0] += e;
+          const double bits = d[j] * 1.4426950408889634;  // Math.LOG2E
+          const int b = bits < kMassBuckets - 1 ? static_cast<int>(bits) : kMassBuckets - 1;
+          sums[1 + b] += e;
+          counts[b]++;
+        }
       }
     }
   };

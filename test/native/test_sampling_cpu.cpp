@@ -99,3 +99,29 @@ TEST(sample_tokens_cpu_nan_logits_and_bad_parameters) {
     });
   }
 }
+
+namespace pagedllm::sampling_kernels {
+void exp_negative_avx2(const double* d, double* out, int64_t n);  // cpu/sampling_avx2.cpp
+}
+
+TEST(sample_tokens_avx2_exponential_within_two_ulp) {
+  if (!cpu_simd_supported(CpuSimd::Avx2)) SKIP("this CPU lacks AVX2/FMA: the kernel is never chosen here");
+  std::vector<double> d;
+  for (double v = 0; v <= 750; v += 0.0137) d.push_back(v);
+  for (double v : {0.0, 1e-300, 1e-17, 0.34657359027997264, 0.5 * std::log(2.0), 707.9, 708.0, 708.0001, 745.2,
+                   std::numeric_limits<double>::infinity(), std::numeric_limits<double>::quiet_NaN()})
+    d.push_back(v);
+  std::vector<double> out(d.size());
+  sampling_kernels::exp_negative_avx2(d.data(), out.data(), static_cast<int64_t>(d.size()));
+  for (size_t i = 0; i < d.size(); ++i) {
+    if (std::isnan(d[i])) {
+      CHECK(std::isnan(out[i]), "exp(-NaN) = ", out[i]);
+    } else if (d[i] > 708) {
+      CHECK(out[i] == 0, "exp(-", d[i], ") = ", out[i], ", want 0 (below the normal range)");
+    } else {
+      const double want = std::exp(-d[i]);
+      const double rel = std::fabs(out[i] - want) / want;
+      CHECK(rel <= 4.5e-16, "exp(-", d[i], ") = ", out[i], ", want ", want, " (relative error ", rel, ")");
+    }
+  }
+}
