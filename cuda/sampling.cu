@@ -240,7 +240,9 @@ __global__ void sample_kernel(SampleArgs a, float* work) {
     kept_walk([&](int64_t i, bool keep) {
       if (keep && found < 0 && (run += e[i]) > u) found = i;
     });
-    if (found >= 0) atomicMin(&ishared[0], static_cast<int>(found));
+    // (The scan put u in this chunk but the running sum rounded below it: the chunk's last token.)
+    if (found < 0) found = my_last;
+    atomicMin(&ishared[0], static_cast<int>(found));
   }
   __syncthreads();
   const int id = ishared[0] != INT32_MAX ? ishared[0] : ishared[1];  // u ≥ total by rounding: the last kept
