@@ -235,11 +235,13 @@ describe('streams', () => {
 
   test('the EVENT LOOP stays responsive while awaiting a busy stream', async () => {
     const ok = (m: Awaited<ReturnType<typeof measureResponsiveness>>) => m.ran && m.longEnough && m.enqueueFast && m.enoughTicks && m.responsive;
-    const first = await measureResponsiveness();
-    // One retry: on a 2-core machine a CPU-hungry neighbour (say, a parallel
-    // build) can deschedule the JS thread for a moment. A blocking wait fails
-    // every attempt (enoughTicks / responsive), so the retry hides no real bug.
-    const result = ok(first) ? first : { ...(await measureResponsiveness()), firstAttempt: first };
+    // Up to three attempts: on a 2-core VM the pool's two threads plus the JS thread
+    // outnumber the cores, and steal time from a neighbour can deschedule the JS
+    // thread for 20-30 ms now and then (seen in CI). A blocking wait fails every
+    // attempt (enoughTicks / responsive), so the retries hide no real bug.
+    const attempts = [await measureResponsiveness()];
+    while (!ok(attempts[attempts.length - 1]!) && attempts.length < 3) attempts.push(await measureResponsiveness());
+    const result = { ...attempts[attempts.length - 1]!, ...(attempts.length > 1 ? { earlierAttempts: attempts.slice(0, -1) } : {}) };
     expect(result).toEqual({
       ...result,
       ran: true,
