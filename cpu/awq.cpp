@@ -152,13 +152,14 @@ void run_gemv_i8(const std::vector<AwqLinearArgs>& ops) {
   thread_local std::vector<float> x_storage, scale_storage, sum_storage;  // reused across calls (run_row_jobs)
   thread_local std::vector<int8_t> code_storage;
   x_storage.resize(K);
-  code_storage.assign(M * stride, 0);
+  code_storage.resize(M * stride);
   scale_storage.resize(M * xblocks);
   sum_storage.resize(M * xblocks);
   for (int64_t m = 0; m < M; ++m) {
     load_row(a0.x, a0.x_dtype, m * a0.x_stride, K, x_storage.data());
-    quantize_activations_avx2(x_storage.data(), K, code_storage.data() + m * stride, scale_storage.data() + m * xblocks,
-                              sum_storage.data() + m * xblocks);
+    int8_t* const codes = code_storage.data() + m * stride;
+    quantize_activations_avx2(x_storage.data(), K, codes, scale_storage.data() + m * xblocks, sum_storage.data() + m * xblocks);
+    std::memset(codes + K, 0, stride - K);  // the padding to a whole block: codes 0
   }
   const int8_t* const codes = code_storage.data();
   const float* const scales = scale_storage.data();

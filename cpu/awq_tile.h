@@ -117,6 +117,7 @@ void gemm_block_avx2(const AwqGemmJob& job);
 
 #ifdef PAGEDLLM_TILE_IMPLEMENTATION
 #include <cstring>
+#include <type_traits>
 #include <utility>
 #if PAGEDLLM_TILE_AVX2
 #include <immintrin.h>
@@ -350,17 +351,25 @@ inline void gemv_m(const AwqGemvJob& job) {
   }
 }
 
-inline void gemv(const AwqGemvJob& job) {
-  switch (job.m) {
-    case 1: gemv_m<1>(job); break;
-    case 2: gemv_m<2>(job); break;
-    case 3: gemv_m<3>(job); break;
-    case 4: gemv_m<4>(job); break;
-    case 5: gemv_m<5>(job); break;
-    case 6: gemv_m<6>(job); break;
-    case 7: gemv_m<7>(job); break;
-    default: gemv_m<8>(job); break;
+// f(std::integral_constant<int, m>{}) for m = 1 … kAwqGemvMaxRows (the gemvs' row counts as template
+// arguments, so their accumulators are registers).
+template <typename F>
+inline void with_rows(int64_t m, F&& f) {
+  switch (m) {
+    case 1: f(std::integral_constant<int, 1>{}); break;
+    case 2: f(std::integral_constant<int, 2>{}); break;
+    case 3: f(std::integral_constant<int, 3>{}); break;
+    case 4: f(std::integral_constant<int, 4>{}); break;
+    case 5: f(std::integral_constant<int, 5>{}); break;
+    case 6: f(std::integral_constant<int, 6>{}); break;
+    case 7: f(std::integral_constant<int, 7>{}); break;
+    default: f(std::integral_constant<int, 8>{}); break;
   }
+}
+static_assert(kAwqGemvMaxRows == 8, "with_rows covers 1 … 8 rows");
+
+inline void gemv(const AwqGemvJob& job) {
+  with_rows(job.m, [&](auto m) { gemv_m<decltype(m)::value>(job); });
 }
 
 // ---- gemv, int8 activations (AVX2) ---------------------------------------------------------------
@@ -561,16 +570,7 @@ inline void gemv_i8_m(const AwqGemvI8Job& job) {
 }
 
 inline void gemv_i8(const AwqGemvI8Job& job) {
-  switch (job.m) {
-    case 1: gemv_i8_m<1>(job); break;
-    case 2: gemv_i8_m<2>(job); break;
-    case 3: gemv_i8_m<3>(job); break;
-    case 4: gemv_i8_m<4>(job); break;
-    case 5: gemv_i8_m<5>(job); break;
-    case 6: gemv_i8_m<6>(job); break;
-    case 7: gemv_i8_m<7>(job); break;
-    default: gemv_i8_m<8>(job); break;
-  }
+  with_rows(job.m, [&](auto m) { gemv_i8_m<decltype(m)::value>(job); });
 }
 
 #endif  // PAGEDLLM_TILE_AVX2

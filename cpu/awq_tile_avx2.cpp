@@ -4,6 +4,7 @@
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <utility>
 
 // Everything shared with other files is included before the target switch, so

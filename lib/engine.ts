@@ -784,7 +784,7 @@ export class Engine {
     });
     let result: { tokenIds: Int32Array; logprobs: Float32Array | null };
     try {
-      result = await sampleTokens(logits, draws, { logprobs: draws.some((d, i) => drawn[i]!.request.logprobs) });
+      result = await sampleTokens(logits, draws, { logprobs: drawn.some((seq) => seq.request.logprobs) });
     } finally {
       logits.dispose();
     }

@@ -106,17 +106,12 @@ export function sampleToken(logits: Float32Array, params: SamplingParams, rng: R
   }
   const x = workingCopy(logits);
   // Penalties (vLLM order: repetition on prompt + output, then presence / frequency on output).
-  const output = context.output ?? [];
   if (penalized) {
-    const counts = new Map<number, number>();
-    for (let i = 0; i < output.length; i++) counts.set(output[i]!, (counts.get(output[i]!) ?? 0) + 1);
+    const history = penaltyHistory(p, context);
     if (p.repetitionPenalty !== 1) {
-      const seen = new Set<number>(counts.keys());
-      const prompt = context.prompt ?? [];
-      for (let i = 0; i < prompt.length; i++) seen.add(prompt[i]!);
-      for (const t of seen) if (t >= 0 && t < V) x[t] = x[t]! > 0 ? x[t]! / p.repetitionPenalty : x[t]! * p.repetitionPenalty;
+      for (const t of history.keys()) if (t >= 0 && t < V) x[t] = x[t]! > 0 ? x[t]! / p.repetitionPenalty : x[t]! * p.repetitionPenalty;
     }
-    for (const [t, n] of counts) if (t >= 0 && t < V) x[t] = x[t]! - p.frequencyPenalty * n - p.presencePenalty;
+    for (const [t, n] of history) if (n > 0 && t >= 0 && t < V) x[t] = x[t]! - p.frequencyPenalty * n - p.presencePenalty;
   }
 
   if (p.temperature === 0) {
@@ -190,6 +185,21 @@ export function sampleToken(logits: Float32Array, params: SamplingParams, rng: R
 }
 
 const MASS_BUCKETS = 64;
+
+/**
+ * The tokens the penalties touch, distinct: each output token with its count, then (for the
+ * repetition penalty) each other prompt token with 0 — the history `sample_tokens` takes.
+ */
+function penaltyHistory(p: { repetitionPenalty: number }, context: SampleContext): Map<number, number> {
+  const counts = new Map<number, number>();
+  const output = context.output ?? [];
+  for (let i = 0; i < output.length; i++) counts.set(output[i]!, (counts.get(output[i]!) ?? 0) + 1);
+  if (p.repetitionPenalty !== 1) {
+    const prompt = context.prompt ?? [];
+    for (let i = 0; i < prompt.length; i++) if (!counts.has(prompt[i]!)) counts.set(prompt[i]!, 0);
+  }
+  return counts;
+}
 
 /** The real-valued parameters rounded to float32, as the device op receives them. */
 function atFloat32<T extends Required<Omit<SamplingParams, 'seed'>>>(p: T): T {
@@ -321,17 +331,7 @@ export async function sampleTokens(
     const p = atFloat32(checkSamplingParams(r.params));
     const penalized = p.repetitionPenalty !== 1 || p.presencePenalty !== 0 || p.frequencyPenalty !== 0;
     const begin = history.length / 2;
-    if (penalized) {
-      // Distinct tokens: the output's with their counts, then the prompt's others with 0.
-      const counts = new Map<number, number>();
-      const output = r.context?.output ?? [];
-      for (let j = 0; j < output.length; j++) counts.set(output[j]!, (counts.get(output[j]!) ?? 0) + 1);
-      if (p.repetitionPenalty !== 1) {
-        const prompt = r.context?.prompt ?? [];
-        for (let j = 0; j < prompt.length; j++) if (!counts.has(prompt[j]!)) counts.set(prompt[j]!, 0);
-      }
-      for (const [t, n] of counts) history.push(t, n);
-    }
+    if (penalized) for (const [t, n] of penaltyHistory(p, r.context ?? {})) history.push(t, n);
     floats[12 * i] = p.temperature;
     floats[12 * i + 1] = p.topP;
     floats[12 * i + 2] = p.minP;

@@ -54,6 +54,13 @@ HostTensor dequantize(const AwqWeight& w, DType dtype) {
 // The CPU gemv does not round (q − z)·s to float16 (awq.h): half a float16 ulp of W.
 constexpr double kCpuWeightError = 1.0 / 2048;
 
+// A CPU result against the reference its path computes: x̂ · W where the gemv (M ≤ 8) quantized x to
+// int8, x · W otherwise (M > 8 always multiplies float32 x).
+void check_cpu(const test::AwqLinearCase& c, const HostTensor& out, AwqCpuActivations activations, const std::string& what) {
+  if (activations == AwqCpuActivations::Int8 && c.M <= 8) c.check_int8(out, kCpuWeightError, what);
+  else c.check(out, kCpuWeightError, what);
+}
+
 }  // namespace
 
 // ---- format ------------------------------------------------------------------------------------
@@ -147,9 +154,7 @@ TEST(awq_linear_cpu_grid_every_group_size_every_path) {
         const AwqLinearArgs a = c.args(out.data());
         awq_linear_many_cpu(&a, 1, *s, path.simd, path.activations);
         s->synchronize();
-        // (M > 8 multiplies float32 x whatever the gemv's activations.)
-        if (path.activations == AwqCpuActivations::Int8 && M <= 8) c.check_int8(out, kCpuWeightError, "cpu " + path.name());
-        else c.check(out, kCpuWeightError, "cpu " + path.name());
+        check_cpu(c, out, path.activations, "cpu " + path.name());
       }
     }
 }
@@ -163,8 +168,7 @@ TEST(awq_linear_cpu_llama_shapes) {
     awq_linear(c.args(out.data()), *s);
     s->synchronize();
     const std::string what = test::str("cpu dispatch (", cpu_simd_name(cpu_simd()), ")");
-    if (awq_cpu_activations(cpu_simd()) == AwqCpuActivations::Int8 && M <= 8) c.check_int8(out, kCpuWeightError, what);
-    else c.check(out, kCpuWeightError, what);
+    check_cpu(c, out, awq_cpu_activations(cpu_simd()), what);
   }
 }
 
@@ -194,8 +198,7 @@ TEST(awq_linear_many_equals_awq_linear_on_each) {
       s->synchronize();
       for (size_t i = 0; i < cases.size(); ++i)
         CHECK(many[i].bytes == one[i].bytes, "awq_linear_many differs from awq_linear: ", path.name(), " M ", M, " op ", i);
-      if (path.activations == AwqCpuActivations::Int8 && M <= 8) cases[0].check_int8(many[0], kCpuWeightError, "awq_linear_many cpu " + path.name());
-      else cases[0].check(many[0], kCpuWeightError, "awq_linear_many cpu " + path.name());
+      check_cpu(cases[0], many[0], path.activations, "awq_linear_many cpu " + path.name());
     }
 }
 
