@@ -32,6 +32,7 @@ AwqWeight arg_weight(const Napi::CallbackInfo& info, size_t i, const Napi::Objec
   w.in_features = field(p, "inFeatures", op);
   w.out_features = field(p, "outFeatures", op);
   w.group_size = field(p, "groupSize", op);
+  w.layout = static_cast<AwqLayout>(p.Has("layout") ? field(p, "layout", op) : 0);
   check_awq_weight(w, op);  // sizes first: the regions below depend on them
   const size_t words = static_cast<size_t>(w.out_features / 8), groups = static_cast<size_t>(w.in_features / w.group_size);
   w.qweight = reinterpret_cast<const int32_t*>(arg_region(info, i, static_cast<size_t>(w.in_features) * words * 4, stream));
@@ -77,11 +78,29 @@ Napi::Value AwqDequantize(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// awqRepack(qweight, qwOff, dst, dstOff, {inFeatures, outFeatures}, stream): dst = qweight in the
+// slab8 layout (dst may be qweight itself).
+Napi::Value AwqRepack(const Napi::CallbackInfo& info) {
+  Stream& stream = *NativeStream::From(info, 5).stream;
+  const Napi::Object p = params(info, 4, "awqRepack");
+  AwqRepackArgs a{};
+  a.weight.in_features = field(p, "inFeatures", "awqRepack");
+  a.weight.out_features = field(p, "outFeatures", "awqRepack");
+  a.weight.group_size = a.weight.in_features;  // (qweight only: zeros and scales stay as they are)
+  check_awq_weight(a.weight, "awq_repack");
+  const size_t bytes = static_cast<size_t>(a.weight.in_features * (a.weight.out_features / 8)) * 4;
+  a.weight.qweight = reinterpret_cast<const int32_t*>(arg_region(info, 0, bytes, stream));
+  a.dst = reinterpret_cast<int32_t*>(arg_region(info, 2, bytes, stream));
+  awq_repack(a, stream);
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void init_awq(Napi::Env env, Napi::Object exports) {
   exports.Set("awqLinear", Napi::Function::New<Guard<AwqLinear>>(env, "awqLinear"));
   exports.Set("awqDequantize", Napi::Function::New<Guard<AwqDequantize>>(env, "awqDequantize"));
+  exports.Set("awqRepack", Napi::Function::New<Guard<AwqRepack>>(env, "awqRepack"));
 }
 
 }  // namespace pagedllm::addon

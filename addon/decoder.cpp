@@ -59,11 +59,13 @@ Napi::Value CreateDecoder(const Napi::CallbackInfo& info) {
   return handle;
 }
 
-// One projection at info[i..]: kind (0 float, 1 AWQ), weightDtype, groupSize, biasDtype, then the
-// regions weight|null, qweight|null, qzeros|null, scales|null, bias|null (14 arguments).
+// One projection at info[i..]: kind (0 float, 1 AWQ, 2 AWQ with qweight in the slab8 layout),
+// weightDtype, groupSize, biasDtype, then the regions weight|null, qweight|null, qzeros|null,
+// scales|null, bias|null (14 arguments).
 DecoderProjection arg_projection(const Napi::CallbackInfo& info, size_t i, int64_t N, int64_t K, const Stream& stream) {
   DecoderProjection p;
-  p.is_awq = arg_int(info, i, "kind") == 1;
+  const int64_t kind = arg_int(info, i, "kind");
+  p.is_awq = kind == 1 || kind == 2;
   p.weight_dtype = arg_dtype(info, i + 1, "weightDtype");
   const int64_t G = arg_int(info, i + 2, "groupSize");
   p.bias_dtype = arg_dtype(info, i + 3, "biasDtype");
@@ -72,6 +74,8 @@ DecoderProjection arg_projection(const Napi::CallbackInfo& info, size_t i, int64
     p.awq.in_features = K;
     p.awq.out_features = N;
     p.awq.group_size = G;
+    p.awq.layout = kind == 2 ? AwqLayout::Slab8 : AwqLayout::AutoAwq;
+    check_awq_weight(p.awq, "decoder");
     p.awq.qweight = reinterpret_cast<const int32_t*>(arg_region(info, i + 6, static_cast<size_t>(K * (N / 8)) * 4, stream));
     p.awq.qzeros = reinterpret_cast<const int32_t*>(arg_region(info, i + 8, static_cast<size_t>((K / G) * (N / 8)) * 4, stream));
     p.awq.scales = reinterpret_cast<const uint16_t*>(arg_region(info, i + 10, static_cast<size_t>((K / G) * N) * 2, stream));

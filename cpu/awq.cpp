@@ -143,30 +143,29 @@ void run_gemv(const std::vector<AwqLinearArgs>& ops, CpuSimd simd) {
   });
 }
 
-// The int8 gemv (AVX2): x quantized once per call (awq_quantize_activations).
+// The int8 gemv over Slab8 weights (AVX2): x quantized once per call (awq_quantize_activations).
 void run_gemv_i8(const std::vector<AwqLinearArgs>& ops) {
   using namespace awq_kernels;
   const AwqLinearArgs& a0 = ops.front();
-  const int64_t M = a0.num_tokens, K = a0.weight.in_features;
-  const int64_t B = awq::kActivationBlock, xblocks = (K + B - 1) / B, stride = xblocks * B;
+  const int64_t M = a0.num_tokens, K = a0.weight.in_features;  // a multiple of 32 (Slab8)
+  const int64_t xblocks = K / awq::kActivationBlock;
   thread_local std::vector<float> x_storage, scale_storage, sum_storage;  // reused across calls (run_row_jobs)
   thread_local std::vector<int8_t> code_storage;
   x_storage.resize(K);
-  code_storage.resize(M * stride);
+  code_storage.resize(M * K);
   scale_storage.resize(M * xblocks);
   sum_storage.resize(M * xblocks);
   for (int64_t m = 0; m < M; ++m) {
     load_row(a0.x, a0.x_dtype, m * a0.x_stride, K, x_storage.data());
-    int8_t* const codes = code_storage.data() + m * stride;
-    quantize_activations_avx2(x_storage.data(), K, codes, scale_storage.data() + m * xblocks, sum_storage.data() + m * xblocks);
-    std::memset(codes + K, 0, stride - K);  // the padding to a whole block: codes 0
+    quantize_activations_avx2(x_storage.data(), K, code_storage.data() + m * K, scale_storage.data() + m * xblocks,
+                              sum_storage.data() + m * xblocks);
   }
   const int8_t* const codes = code_storage.data();
   const float* const scales = scale_storage.data();
   const float* const sums = sum_storage.data();
   run_row_jobs(ops, kAwqI8BlockRows, [&](const AwqLinearArgs& a, int64_t k0, int64_t k1, float* y, AlignedFloats& scratch) {
     const int64_t N = a.weight.out_features;
-    gemv_i8_avx2(AwqGemvI8Job{codes, stride, scales, sums, xblocks, M, &a.weight, k0, k1, y, N,
+    gemv_i8_avx2(AwqGemvI8Job{codes, K, scales, sums, xblocks, M, &a.weight, k0, k1, y, N,
                               scratch.get(awq_gemv_i8_scratch_floats(M, N))});
   });
 }
@@ -198,11 +197,13 @@ void run_gemm(const AwqLinearArgs& a, CpuSimd simd) {
   });
 }
 
-void run_awq_linears(const std::vector<AwqLinearArgs>& ops, CpuSimd simd, AwqCpuActivations activations) {
+void run_awq_linears(const std::vector<AwqLinearArgs>& ops, CpuSimd simd) {
   if (ops.empty() || ops.front().num_tokens == 0) return;
-  if (ops.front().num_tokens <= awq_kernels::kAwqGemvMaxRows) {
-    if (activations == AwqCpuActivations::Int8) run_gemv_i8(ops);
-    else run_gemv(ops, simd);
+  if (ops.front().num_tokens <= awq_kernels::kAwqGemvMaxRows) {  // each layout's ops as one pass
+    std::vector<AwqLinearArgs> slab, autoawq;
+    for (const AwqLinearArgs& a : ops) (a.weight.layout == AwqLayout::Slab8 ? slab : autoawq).push_back(a);
+    if (!slab.empty()) run_gemv_i8(slab);
+    if (!autoawq.empty()) run_gemv(autoawq, simd);
     return;
   }
   for (const AwqLinearArgs& a : ops) run_gemm(a, simd);
@@ -231,11 +232,11 @@ void dequantize_rows(const AwqDequantizeArgs& a, int64_t k0, int64_t k1) {
   for (int64_t k = k0; k < k1; ++k) {
     const int64_t g = k / w.group_size;
     for (int64_t c = 0; c < words; ++c) {
-      const uint32_t q = static_cast<uint32_t>(w.qweight[k * words + c]), z = static_cast<uint32_t>(w.qzeros[g * words + c]);
+      const uint32_t z = static_cast<uint32_t>(w.qzeros[g * words + c]);
       for (int j = 0; j < 8; ++j) {
-        const int shift = awq::column_shift(j);
         const float s = half_bits_to_float(w.scales[g * N + 8 * c + j]);
-        const uint16_t h = float_to_half_bits(static_cast<float>(static_cast<int>((q >> shift) & 15u) - static_cast<int>((z >> shift) & 15u)) * s);
+        const int q = awq_weight_code(w, k, 8 * c + j);
+        const uint16_t h = float_to_half_bits(static_cast<float>(q - awq::code(z, j)) * s);
         if (a.out_dtype == DType::Float16) static_cast<uint16_t*>(a.out)[k * N + 8 * c + j] = h;
         else static_cast<float*>(a.out)[k * N + 8 * c + j] = half_bits_to_float(h);
       }
@@ -256,23 +257,21 @@ AwqCpuActivations awq_cpu_activations(CpuSimd simd) {
 }
 
 const char* awq_cpu_activations_name(AwqCpuActivations activations) {
-  return activations == AwqCpuActivations::Int8 ? "int8" : activations == AwqCpuActivations::Float32 ? "float32" : "auto";
+  return activations == AwqCpuActivations::Int8 ? "int8" : "float32";
 }
 
-void awq_linear_many_cpu(const AwqLinearArgs* args, size_t count, Stream& stream, CpuSimd simd, AwqCpuActivations activations) {
-  check_many(args, count);
-  PAGEDLLM_CHECK(cpu_simd_supported(simd), Unsupported, "awq_linear: this CPU lacks AVX2, FMA or F16C");
-  if (activations == AwqCpuActivations::Auto) activations = awq_cpu_activations(simd);
-  PAGEDLLM_CHECK(activations == AwqCpuActivations::Float32 || simd == CpuSimd::Avx2, Unsupported,
-                 "awq_linear: int8 activations need the avx2 path (this call runs the ", cpu_simd_name(simd), " one)");
-  if (count == 0 || args[0].num_tokens == 0) return;
-  as_cpu_stream(stream).enqueue([ops = std::vector<AwqLinearArgs>(args, args + count), simd, activations] {
-    run_awq_linears(ops, simd, activations);
-  });
+const char* awq_layout_name(AwqLayout layout) {
+  return layout == AwqLayout::AutoAwq ? "autoawq" : layout == AwqLayout::Slab8 ? "slab8" : "unknown";
 }
 
 void awq_linear_many_cpu(const AwqLinearArgs* args, size_t count, Stream& stream, CpuSimd simd) {
-  awq_linear_many_cpu(args, count, stream, simd, AwqCpuActivations::Auto);
+  check_many(args, count);
+  PAGEDLLM_CHECK(cpu_simd_supported(simd), Unsupported, "awq_linear: this CPU lacks AVX2, FMA or F16C");
+  for (size_t i = 0; i < count; ++i)
+    PAGEDLLM_CHECK(args[i].weight.layout == AwqLayout::AutoAwq || simd == CpuSimd::Avx2, Unsupported,
+                   "awq_linear: a slab8 weight needs the avx2 path (this call runs the ", cpu_simd_name(simd), " one)");
+  if (count == 0 || args[0].num_tokens == 0) return;
+  as_cpu_stream(stream).enqueue([ops = std::vector<AwqLinearArgs>(args, args + count), simd] { run_awq_linears(ops, simd); });
 }
 
 void awq_linear_cpu(const AwqLinearArgs& a, Stream& stream, CpuSimd simd) { awq_linear_many_cpu(&a, 1, stream, simd); }
@@ -294,6 +293,33 @@ void awq_linear_many(const AwqLinearArgs* args, size_t count, Stream& stream) {
 void awq_dequantize_cpu(const AwqDequantizeArgs& a, Stream& stream) {
   as_cpu_stream(stream).enqueue([a] {
     ThreadPool::global().parallel_for(a.weight.in_features, 16, [&](int64_t k0, int64_t k1) { dequantize_rows(a, k0, k1); });
+  });
+}
+
+void awq_repack(const AwqRepackArgs& a, Stream& stream) {
+  check_awq_weight(a.weight, "awq_repack");
+  PAGEDLLM_CHECK(a.weight.layout == AwqLayout::AutoAwq, InvalidArgument, "awq_repack: the weight is already ",
+                 awq_layout_name(a.weight.layout));
+  PAGEDLLM_CHECK(a.weight.in_features % awq::kSlabKMultiple == 0, InvalidArgument,
+                 "awq_repack: the slab8 layout needs in_features a multiple of 32, got ", a.weight.in_features);
+  PAGEDLLM_CHECK(a.weight.qweight && a.dst, InvalidArgument, "awq_repack: null pointer");
+  PAGEDLLM_CHECK(stream.device().is_cpu(), Unsupported, "awq_repack: the slab8 layout is for the CPU (the CUDA kernels read autoawq)");
+  as_cpu_stream(stream).enqueue([a] {
+    const int64_t N = a.weight.out_features, slabs = a.weight.in_features / awq::kSlabRows;
+    ThreadPool::global().parallel_for(slabs, 8, [&](int64_t r0, int64_t r1) {
+      std::vector<int32_t> slab(N);  // slab r is the same 4·N bytes in both layouts: in place through a copy
+      const int64_t words = N / 8;
+      for (int64_t r = r0; r < r1; ++r) {
+        const int32_t* src = a.weight.qweight + r * N;  // rows 8r … 8r+7, [8][N/8] words
+        std::fill(slab.begin(), slab.end(), 0);
+        for (int t = 0; t < 8; ++t)
+          for (int64_t c = 0; c < words; ++c) {
+            const uint32_t word = static_cast<uint32_t>(src[t * words + c]);
+            for (int j = 0; j < 8; ++j) slab[8 * c + j] |= static_cast<int32_t>(static_cast<uint32_t>(awq::code(word, j)) << awq::slab_shift(t));
+          }
+        std::memcpy(a.dst + r * N, slab.data(), N * sizeof(int32_t));
+      }
+    });
   });
 }
 

@@ -79,31 +79,30 @@ struct AwqGemmJob {
   float* scratch;  // kAwqGemmNB · kAwqGemmKC floats, 32-byte aligned
 };
 
-// ---- gemv with int8 activations (AVX2 only) ---------------------------------------------------
+// ---- gemv with int8 activations over a Slab8 weight (AVX2 only) -------------------------------
 // The product of gemv over whole rows with x quantized by awq_quantize_activations (awq.h): per
-// 16-row activation block and column, Σ c·q is exact in integers (vpmaddubsw over pairs of rows:
-// codes q ∈ [0, 15] unsigned times c ∈ [−127, 127] signed, int16 sums of 8 pairs, |Σ| ≤ 8 · 2 ·
-// 15 · 127 = 30480 < 2^15, widened to int32 once per block), then per block acc += d_b · Σ c·q in
-// float32 and per group y += s · (acc − z · Σ_b d_b · Σ c). The words are read as they are: the
-// two rows of a pair are interleaved byte by byte (vpunpck{l,h}bw of their low and their high
-// nibbles), which leaves the columns permuted within each 64-column strip; the permutation is
-// undone once per group (in-lane shuffles), where the scales and zero points are applied in
-// natural column order.
+// 16-row activation block (two slabs) and column, Σ c·q is exact in integers — each slab's 32-byte
+// vector of 8 columns, masked to its low and its high nibbles, times the 4 broadcast codes of those
+// rows (vpmaddubsw: codes q ∈ [0, 15] unsigned times c ∈ [−127, 127] signed, pairs of rows summed
+// in int16), the four products added (|Σ| ≤ 16 · 15 · 127 / 2 = 15240 < 2^15 per int16 lane) and
+// the two lanes of a column summed into int32 (vpmaddwd by ones) — then per block acc += d_b · Σ c·q
+// in float32 and per group y += s · (acc − z · Σ_b d_b · Σ c), all in natural column order. Each
+// block reads two contiguous runs of 4·N bytes (its slabs) and requests the next block's.
 constexpr int64_t kAwqI8BlockRows = 32;  // jobs are ranges of whole 32-row blocks
 struct AwqGemvI8Job {
-  const int8_t* xq;      // [m, xq_stride] codes, zero from K on; xq_stride ≥ round_up(K, 16), even
+  const int8_t* xq;      // [m, xq_stride] codes; xq_stride ≥ K
   int64_t xq_stride;
   const float* xscale;   // [m, xblocks]: d_b of each 16-row block
   const float* xsum;     // [m, xblocks]: d_b · Σ c over the block
-  int64_t xblocks;       // ceil(K / 16)
+  int64_t xblocks;       // K / 16
   int64_t m;             // 1 … kAwqGemvMaxRows
-  const AwqWeight* w;
-  int64_t k0, k1;        // k0 a multiple of 32; k1 a multiple of 32, or K
+  const AwqWeight* w;    // layout Slab8 (K a multiple of 32)
+  int64_t k0, k1;        // multiples of 32
   float* y;              // [m, ldy]: y[i · ldy + n] = Σ_{k0 ≤ k < k1} x̂[i, k] · W[k, n] (overwritten)
   int64_t ldy;
   float* scratch;        // awq_gemv_i8_scratch_floats(m, N) floats, 32-byte aligned
 };
-constexpr int64_t awq_gemv_i8_scratch_floats(int64_t m, int64_t n) { return (n + 63) / 64 * 64 * m; }
+constexpr int64_t awq_gemv_i8_scratch_floats(int64_t m, int64_t n) { return m * n; }
 void gemv_i8_avx2(const AwqGemvI8Job& job);
 // awq_quantize_activations of x[0, n) with AVX2 (the same codes and scales), plus sums[b] = d_b · Σ c.
 void quantize_activations_avx2(const float* x, int64_t n, int8_t* codes, float* scales, float* sums);
@@ -418,153 +417,67 @@ inline void quantize_activations(const float* x, int64_t n, int8_t* codes, float
   }
 }
 
-// Strip accumulators, per activation row: 8 vectors of 8 int32/float lanes in the order
-// E0 O0 E1 O1 E2 O2 E3 O3 — U_u (u = 2·nibble + half) is a pair-interleaved vector of 16 int16
-// lanes, E_u its even lanes and O_u its odd ones; in each 128-bit lane ℓ they hold columns 32ℓ + …
-//   E0 {0, 1, 8, 9}   O0 {4, 5, 12, 13}   E2 {2, 3, 10, 11}   O2 {6, 7, 14, 15}   (E1 … O3: + 16)
-// of the strip (byte t of a word holds slots 2t and 2t + 1; kOrder maps slots to columns).
-// The strip's 8 natural-order vectors (columns 8v … 8v + 7) from the permuted ones.
-inline void unpermute_strip(const float* f, __m256 (&v)[8]) {
-  for (int h = 0; h < 2; ++h) {  // h = 0: U0/U2 (columns 0-15 of each 32); h = 1: U1/U3 (16-31)
-    const __m256 e_lo = _mm256_load_ps(f + (2 * h) * 8), o_lo = _mm256_load_ps(f + (2 * h + 1) * 8);
-    const __m256 e_hi = _mm256_load_ps(f + (2 * h + 4) * 8), o_hi = _mm256_load_ps(f + (2 * h + 5) * 8);
-    const __m256 p = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(e_lo), _mm256_castps_pd(e_hi)));  // 0-3
-    const __m256 q = _mm256_castpd_ps(_mm256_unpacklo_pd(_mm256_castps_pd(o_lo), _mm256_castps_pd(o_hi)));  // 4-7
-    const __m256 r = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(e_lo), _mm256_castps_pd(e_hi)));  // 8-11
-    const __m256 t = _mm256_castpd_ps(_mm256_unpackhi_pd(_mm256_castps_pd(o_lo), _mm256_castps_pd(o_hi)));  // 12-15
-    v[2 * h] = _mm256_permute2f128_ps(p, q, 0x20);
-    v[2 * h + 1] = _mm256_permute2f128_ps(r, t, 0x20);
-    v[2 * h + 4] = _mm256_permute2f128_ps(p, q, 0x31);
-    v[2 * h + 5] = _mm256_permute2f128_ps(r, t, 0x31);
-  }
-}
-
-// One 16-row activation block [kq, kq_end) of one strip, pass P (U vectors P·NU … P·NU + NU − 1):
-// facc[i] (the strip's 8 vectors of row i) += d · Σ c·q.
-template <int M, int NU, int P>
-inline void i8_block_pass(const AwqGemvI8Job& job, const int32_t* words, int64_t ldw, int lanes, int64_t kq, int64_t kq_end,
-                          const int32_t* prefetch, float* facc) {
-  const __m256i low = _mm256_set1_epi8(0x0F);
-  alignas(32) int32_t tail[2][8] = {};
-  __m256i acc[M][NU];
-  for (int i = 0; i < M; ++i)
-    for (int u = 0; u < NU; ++u) acc[i][u] = _mm256_setzero_si256();
-  const int8_t* const xq = job.xq + kq;
-  const int64_t xq_stride = job.xq_stride;
-  for (int64_t k = kq; k < kq_end; k += 2) {
-    const int32_t* pa = words + k * ldw;
-    const int32_t* pb = k + 1 < kq_end ? pa + ldw : pa;  // an odd last row pairs with itself (its code c is 0)
-    if (P == 0 && prefetch) {
-      __builtin_prefetch(prefetch + (k - kq) * 8, 0, 2);
-    }
-    if (lanes < 8) {
-      std::memcpy(tail[0], pa, lanes * sizeof(int32_t));
-      std::memcpy(tail[1], pb, lanes * sizeof(int32_t));
-      pa = tail[0];
-      pb = tail[1];
-    }
-    __m256i a = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pa));
-    __m256i b = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(pb));
-    __m256i U[NU];
-#pragma GCC unroll 4
-    for (int u = 0; u < NU; ++u) {
-      constexpr int first = P * NU;
-      const int ug = first + u, nibble = ug >> 1, half = ug & 1;
-      // (Constant after unrolling: the compiler keeps one mask-and per nibble and row.)
-      const __m256i an = _mm256_and_si256(nibble ? _mm256_srli_epi16(a, 4) : a, low);
-      const __m256i bn = _mm256_and_si256(nibble ? _mm256_srli_epi16(b, 4) : b, low);
-      U[u] = half ? _mm256_unpackhi_epi8(an, bn) : _mm256_unpacklo_epi8(an, bn);
-    }
-#pragma GCC unroll 8
-    for (int i = 0; i < M; ++i) {
-      int16_t pair;
-      std::memcpy(&pair, xq + i * xq_stride + (k - kq), 2);
-      const __m256i xp = _mm256_set1_epi16(pair);
-#pragma GCC unroll 4
-      for (int u = 0; u < NU; ++u) acc[i][u] = _mm256_add_epi16(acc[i][u], _mm256_maddubs_epi16(U[u], xp));
-    }
-  }
-  const int64_t qb = kq / awq::kActivationBlock;
-  for (int i = 0; i < M; ++i) {
-    const __m256 d = _mm256_set1_ps(job.xscale[i * job.xblocks + qb]);
-    float* f = facc + i * 64;
-    for (int u = 0; u < NU; ++u) {
-      const int ug = P * NU + u;
-      const __m256i e = _mm256_srai_epi32(_mm256_slli_epi32(acc[i][u], 16), 16), o = _mm256_srai_epi32(acc[i][u], 16);
-      float* fe = f + (2 * ug) * 8;
-      _mm256_store_ps(fe, _mm256_fmadd_ps(_mm256_cvtepi32_ps(e), d, _mm256_load_ps(fe)));
-      _mm256_store_ps(fe + 8, _mm256_fmadd_ps(_mm256_cvtepi32_ps(o), d, _mm256_load_ps(fe + 8)));
-    }
-  }
-}
-
-template <int M, int NU, int... P>
-inline void i8_block(const AwqGemvI8Job& job, const int32_t* words, int64_t ldw, int lanes, int64_t kq, int64_t kq_end,
-                     const int32_t* prefetch, float* facc, std::integer_sequence<int, P...>) {
-  (i8_block_pass<M, NU, P>(job, words, ldw, lanes, kq, kq_end, prefetch, facc), ...);
-}
-
-// The end of group g for one strip (words [word, word + lanes)): y += s · (acc − z · Σx̂) for each
-// activation row, in natural column order; f: the strip's permuted float sums, [M][64].
-template <int M>
-inline void finish_strip(const AwqGemvI8Job& job, const float* f, int64_t word, int lanes, int64_t g, const float (&sx)[M]) {
-  const AwqWeight& w = *job.w;
-  const int64_t N = w.out_features, ldw = N / 8;
-  const __m256i shifts = _mm256_setr_epi32(awq::column_shift(0), awq::column_shift(1), awq::column_shift(2), awq::column_shift(3),
-                                           awq::column_shift(4), awq::column_shift(5), awq::column_shift(6), awq::column_shift(7));
-  const uint16_t* srow = w.scales + g * N + 8 * word;
-  const int32_t* zrow = w.qzeros + g * ldw + word;
-  __m256 sv[8], zv[8];
-  for (int v = 0; v < lanes; ++v) {
-    sv[v] = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(srow + 8 * v)));
-    zv[v] = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(zrow[v]), shifts), _mm256_set1_epi32(15)));
-  }
-  for (int i = 0; i < M; ++i) {
-    __m256 acc[8];
-    unpermute_strip(f + i * 64, acc);
-    const __m256 sxi = _mm256_set1_ps(sx[i]);
-    float* y = job.y + i * job.ldy + 8 * word;
-    for (int v = 0; v < lanes; ++v)
-      _mm256_storeu_ps(y + 8 * v, _mm256_fmadd_ps(sv[v], _mm256_fnmadd_ps(zv[v], sxi, acc[v]), _mm256_loadu_ps(y + 8 * v)));
-  }
-}
-
 template <int M>
 inline void gemv_i8_m(const AwqGemvI8Job& job) {
-  // U vectors per pass: M · NU int16 accumulators stay in registers beside NU unpacked vectors.
-  constexpr int NU = M <= 2 ? 4 : M <= 4 ? 2 : 1;
   const AwqWeight& w = *job.w;
-  const int64_t K = w.in_features, G = w.group_size, N = w.out_features, ldw = N / 8;
-  const int64_t strips = (ldw + 7) / 8;
-  float* facc = job.scratch;  // [strips][M][64], permuted order
+  const int64_t N = w.out_features, G = w.group_size, octets = N / 8, B = awq::kActivationBlock;
+  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), fifteen = _mm256_set1_epi32(15);
+  const __m256i shifts = _mm256_setr_epi32(awq::column_shift(0), awq::column_shift(1), awq::column_shift(2), awq::column_shift(3),
+                                           awq::column_shift(4), awq::column_shift(5), awq::column_shift(6), awq::column_shift(7));
+  float* const facc = job.scratch;  // [M][N]: the group's Σ_b d_b · Σ c·q so far
   for (int i = 0; i < M; ++i) std::memset(job.y + i * job.ldy, 0, N * sizeof(float));
   {  // the job's first block has no block before it to request it: ask for it all now
-    const int32_t* end = w.qweight + (job.k0 + kAwqI8BlockRows < K ? job.k0 + kAwqI8BlockRows : K) * ldw;
-    for (const int32_t* p = w.qweight + job.k0 * ldw; p < end; p += 16) __builtin_prefetch(p, 0, 2);
+    const int32_t* p = w.qweight + (job.k0 / 8) * N;
+    for (int64_t e = 0; e < 2 * N; e += 16) __builtin_prefetch(p + e, 0, 2);
   }
   float sx[M] = {};
-  for (int64_t k0 = job.k0; k0 < job.k1; k0 += kAwqI8BlockRows) {
-    const int64_t k1 = k0 + kAwqI8BlockRows < job.k1 ? k0 + kAwqI8BlockRows : job.k1;
-    const bool group_start = k0 == job.k0 || k0 % G == 0, group_end = k1 == job.k1 || k1 % G == 0;
-    const int64_t g = k0 / G;
-    for (int i = 0; i < M; ++i) {
-      if (group_start) sx[i] = 0.0f;
-      for (int64_t kq = k0; kq < k1; kq += awq::kActivationBlock) sx[i] += job.xsum[i * job.xblocks + kq / awq::kActivationBlock];
+  for (int64_t k = job.k0; k < job.k1; k += B) {
+    const int64_t b = k / B, g = k / G;
+    if (k == job.k0 || k % G == 0) {
+      std::memset(facc, 0, M * N * sizeof(float));
+      for (int i = 0; i < M; ++i) sx[i] = 0.0f;
     }
-    // The next block, one contiguous stretch, requested 64 bytes per row pair of every strip of this
-    // block (strips × 16 pairs × 64 bytes = 32 rows), in order.
-    const int32_t* next = k1 < K ? w.qweight + k1 * ldw : nullptr;
-    for (int64_t s = 0; s < strips; ++s) {
-      const int64_t word = 8 * s;
-      const int lanes = static_cast<int>(ldw - word < 8 ? ldw - word : 8);
-      float* f = facc + s * M * 64;
-      if (group_start) std::memset(f, 0, M * 64 * sizeof(float));
-      for (int64_t kq = k0; kq < k1; kq += awq::kActivationBlock) {
-        const int64_t kq_end = kq + awq::kActivationBlock < k1 ? kq + awq::kActivationBlock : k1;
-        const int32_t* pf = next ? next + (s * kAwqI8BlockRows + (kq - k0)) * 8 : nullptr;
-        i8_block<M, NU>(job, w.qweight + word, ldw, lanes, kq, kq_end, pf, f, std::make_integer_sequence<int, 4 / NU>{});
+    __m256i xc[M][4];
+    __m256 d[M];
+    for (int i = 0; i < M; ++i) {
+      int32_t quad[4];  // codes of rows k … k+3, k+4 … k+7, k+8 … k+11, k+12 … k+15
+      std::memcpy(quad, job.xq + i * job.xq_stride + k, sizeof quad);
+      for (int t = 0; t < 4; ++t) xc[i][t] = _mm256_set1_epi32(quad[t]);
+      d[i] = _mm256_set1_ps(job.xscale[i * job.xblocks + b]);
+      sx[i] += job.xsum[i * job.xblocks + b];
+    }
+    const int32_t* const s0 = w.qweight + (k / 8) * N;  // rows k … k+7
+    const int32_t* const s1 = s0 + N;                   // rows k+8 … k+15
+    const bool next = k + B < w.in_features;
+    for (int64_t j = 0; j < octets; ++j) {
+      if (next && (j & 1) == 0) {  // the next block, 64 bytes of each slab per 64 bytes read here
+        __builtin_prefetch(s0 + 2 * N + 8 * j, 0, 2);
+        __builtin_prefetch(s1 + 2 * N + 8 * j, 0, 2);
       }
-      if (group_end) finish_strip<M>(job, f, word, lanes, g, sx);
+      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s0 + 8 * j));
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s1 + 8 * j));
+      const __m256i l0 = _mm256_and_si256(v0, low), h0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low);
+      const __m256i l1 = _mm256_and_si256(v1, low), h1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low);
+#pragma GCC unroll 8
+      for (int i = 0; i < M; ++i) {
+        const __m256i p = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(l0, xc[i][0]), _mm256_maddubs_epi16(h0, xc[i][1])),
+                                           _mm256_add_epi16(_mm256_maddubs_epi16(l1, xc[i][2]), _mm256_maddubs_epi16(h1, xc[i][3])));
+        float* const f = facc + i * N + 8 * j;
+        _mm256_storeu_ps(f, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), d[i], _mm256_loadu_ps(f)));
+      }
+    }
+    if (k + B == job.k1 || (k + B) % G == 0) {  // the group (or the job's part of it) ends here
+      const uint16_t* const srow = w.scales + g * N;
+      const int32_t* const zrow = w.qzeros + g * octets;
+      for (int64_t j = 0; j < octets; ++j) {
+        const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(srow + 8 * j)));
+        const __m256 zv = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(zrow[j]), shifts), fifteen));
+        for (int i = 0; i < M; ++i) {
+          float* const y = job.y + i * job.ldy + 8 * j;
+          const __m256 acc = _mm256_loadu_ps(facc + i * N + 8 * j);
+          _mm256_storeu_ps(y, _mm256_fmadd_ps(sv, _mm256_fnmadd_ps(zv, _mm256_set1_ps(sx[i]), acc), _mm256_loadu_ps(y)));
+        }
+      }
     }
   }
 }
@@ -606,9 +519,18 @@ inline void pack_weight(const AwqWeight& w, int64_t n0, int64_t nb, int64_t k0, 
         const __m256i shifts = _mm256_setr_epi32(0, 16, 4, 20, 8, 24, 12, 28), mask = _mm256_set1_epi32(15);
         const __m256 z = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(static_cast<int>(zword)), shifts), mask));
         const __m256 s = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(srow)));
+        const bool slab = w.layout == AwqLayout::Slab8;
         for (; kk < run_end; ++kk) {
-          if (prefetch_next) __builtin_prefetch(qcol + (k0 + kk + kc) * ldw, 0, 2);
-          const __m256i qv = _mm256_srlv_epi32(_mm256_set1_epi32(qcol[(k0 + kk) * ldw]), shifts);
+          __m256i qv;
+          if (slab) {  // the 8 columns' words of this slab, shifted to row k's nibble
+            const int32_t* words = w.qweight + ((k0 + kk) / 8) * w.out_features + n;
+            if (prefetch_next && (k0 + kk) % 8 == 0) __builtin_prefetch(words + (kc / 8) * w.out_features, 0, 2);
+            qv = _mm256_srlv_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(words)),
+                                   _mm256_set1_epi32(awq::slab_shift(static_cast<int>((k0 + kk) % 8))));
+          } else {
+            if (prefetch_next) __builtin_prefetch(qcol + (k0 + kk + kc) * ldw, 0, 2);
+            qv = _mm256_srlv_epi32(_mm256_set1_epi32(qcol[(k0 + kk) * ldw]), shifts);
+          }
           const __m256 q = _mm256_cvtepi32_ps(_mm256_and_si256(qv, mask));
           // (q − z)·s is exact in float32; one round trip through float16 makes it W.
           const __m128i h = _mm256_cvtps_ph(_mm256_mul_ps(_mm256_sub_ps(q, z), s), _MM_FROUND_TO_NEAREST_INT);
@@ -620,7 +542,7 @@ inline void pack_weight(const AwqWeight& w, int64_t n0, int64_t nb, int64_t k0, 
           z[j] = static_cast<float>(awq::code(zword, j));
           s[j] = SrcF16::load1(srow + j);
         }
-        for (; kk < run_end; ++kk) {
+        for (; kk < run_end; ++kk) {  // (AutoAwq only: awq.cpp runs Slab8 weights on the avx2 path)
           if (prefetch_next) __builtin_prefetch(qcol + (k0 + kk + kc) * ldw, 0, 2);
           const uint32_t word = static_cast<uint32_t>(qcol[(k0 + kk) * ldw]);
           for (int j = 0; j < 8; ++j)

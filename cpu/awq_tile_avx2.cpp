@@ -45,8 +45,8 @@ void quantize_activations_avx2(const float* x, int64_t n, int8_t* codes, float* 
 namespace pagedllm::awq_kernels {
 void gemv_avx2(const AwqGemvJob& job) { gemv_portable(job); }  // never chosen off x86-64
 void gemm_block_avx2(const AwqGemmJob& job) { gemm_block_portable(job); }
-// Never chosen off x86-64 (awq.cpp takes the int8 gemv only on the AVX2 path).
-void gemv_i8_avx2(const AwqGemvI8Job&) { PAGEDLLM_FAIL(Unsupported, "awq_linear: int8 activations need AVX2"); }
+// Never chosen off x86-64 (awq.cpp takes the int8 gemv, over slab8 weights, only on the AVX2 path).
+void gemv_i8_avx2(const AwqGemvI8Job&) { PAGEDLLM_FAIL(Unsupported, "awq_linear: a slab8 weight needs AVX2"); }
 void quantize_activations_avx2(const float*, int64_t, int8_t*, float*, float*) {
   PAGEDLLM_FAIL(Unsupported, "awq_linear: int8 activations need AVX2");
 }

@@ -633,6 +633,8 @@ const char* awq_cuda_kernel_name(AwqCudaKernel kernel) {
 }
 
 void awq_linear_cuda(const AwqLinearArgs& a, Stream& stream, AwqCudaKernel kernel) {
+  PAGEDLLM_CHECK(a.weight.layout == AwqLayout::AutoAwq, Unsupported, "awq_linear: the CUDA kernels read the autoawq layout, not ",
+                 awq_layout_name(a.weight.layout));
   if (a.num_tokens == 0) return;
   PAGEDLLM_CHECK(a.num_tokens <= 65535LL * 32, InvalidArgument, "awq_linear: num_tokens ", a.num_tokens,
                  " is too large for the CUDA kernels");
@@ -662,6 +664,8 @@ void awq_linear_cuda(const AwqLinearArgs& a, Stream& stream, AwqCudaKernel kerne
 void awq_linear_cuda(const AwqLinearArgs& a, Stream& stream) { awq_linear_cuda(a, stream, AwqCudaKernel::Auto); }
 
 void awq_dequantize_cuda(const AwqDequantizeArgs& a, Stream& stream) {
+  PAGEDLLM_CHECK(a.weight.layout == AwqLayout::AutoAwq, Unsupported, "awq_dequantize: the CUDA kernel reads the autoawq layout, not ",
+                 awq_layout_name(a.weight.layout));
   CudaStream& cuda = as_cuda_stream(stream);
   cuda.activate();
   const int64_t total = a.weight.in_features * (a.weight.out_features / 8);

@@ -25,9 +25,11 @@ export interface CpuDeviceInfo {
   /** The kernels CPU ops run: `'avx2'` (AVX2 + FMA + F16C) or `'portable'`; `PAGEDLLM_SIMD=portable` forces the latter. */
   simdPath: 'avx2' | 'portable';
   /**
-   * How AWQ int4 linears multiply at decode (≤ 8 tokens): `'int8'` quantizes the activations per 16
-   * values (the avx2 path's default: about twice as fast, within Σ|W|·scale/2 of float32) or
-   * `'float32'` (the portable path; `PAGEDLLM_AWQ_ACTIVATIONS=float32` forces it).
+   * How AWQ int4 linears of a model loaded on the CPU multiply at decode (≤ 8 tokens): `'int8'`
+   * quantizes the activations per 16 values (the avx2 path's default, within Σ|W|·scale/2 of
+   * float32; the loader repacks the weights in place to the 'slab8' layout this GEMV reads) or
+   * `'float32'` (the portable path, weights as the checkpoint stores them;
+   * `PAGEDLLM_AWQ_ACTIVATIONS=float32` forces it).
    */
   awqActivations: 'int8' | 'float32';
   /** Threads CPU ops use (one pool per process): `PAGEDLLM_THREADS`, else the physical cores. */

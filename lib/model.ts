@@ -22,7 +22,7 @@ import { InvalidArgumentError, ModelFormatError, UnsupportedError } from './erro
 import { readJsonObject, type JsonObject } from './json-file';
 import { kvDtypeCode, type KvCache } from './kv-cache';
 import { native, type NativeBufferHandle, type NativeDecoderHandle } from './native';
-import { awqLinear, embedding, linear, rmsNorm, rope, ropeInvFreq, siluMul, type AwqWeight, type LinearOptions, type RopeConfig } from './ops';
+import { awqLinear, awqRepack, embedding, linear, rmsNorm, rope, ropeInvFreq, siluMul, type AwqWeight, type LinearOptions, type RopeConfig } from './ops';
 import { dtypeToSafetensors, SafetensorsCheckpoint, type LoadProgress } from './safetensors';
 import { type Stream } from './stream';
 import { Tensor } from './tensor';
@@ -211,8 +211,12 @@ export class Model {
         return t && { dtype: dtypeToSafetensors(t.dtype), shape: t.shape };
       };
       checkAwqTensors(info, name, inFeatures, outFeatures, groupSize, file);
-      return { qweight: weights.get(`${name}.qweight`)!, qzeros: weights.get(`${name}.qzeros`)!, scales: weights.get(`${name}.scales`)!, groupSize };
+      const w: AwqWeight = { qweight: weights.get(`${name}.qweight`)!, qzeros: weights.get(`${name}.qzeros`)!, scales: weights.get(`${name}.scales`)!, groupSize };
+      // On a CPU whose decode GEMV takes int8 activations, qweight is rewritten in place (same bytes,
+      // the order that GEMV reads; include/pagedllm/awq.h): no second copy.
+      return slab8 && inFeatures % 32 === 0 ? awqRepack(w, { inPlace: true }) : w;
     };
+    const slab8 = c.awq !== null && weights.get('model.embed_tokens.weight')?.device === 'cpu' && native().cpuInfo().awqActivations === 'int8';
     const qOut = c.numHeads * c.headDim, kvOut = c.numKvHeads * c.headDim;
     this.embed = get('model.embed_tokens.weight', [c.vocabSize, c.hiddenSize]);
     this.norm = get('model.norm.weight', [c.hiddenSize]);
@@ -423,7 +427,7 @@ export class Model {
           const biasDtype = dtypeCode(bias?.dtype ?? 'float32');
           if (w instanceof Tensor) return [0, dtypeCode(w.dtype), 0, biasDtype, ...w.nativeRegion(), ...none, ...none, ...none, ...b];
           const G = w.groupSize === -1 ? w.qweight.shape[0]! : w.groupSize;
-          return [1, dtypeCode('float16'), G, biasDtype, ...none, ...w.qweight.nativeRegion(), ...w.qzeros.nativeRegion(), ...w.scales.nativeRegion(), ...b];
+          return [w.layout === 'slab8' ? 2 : 1, dtypeCode('float16'), G, biasDtype, ...none, ...w.qweight.nativeRegion(), ...w.qzeros.nativeRegion(), ...w.scales.nativeRegion(), ...b];
         };
         this.layers.forEach((w, l) => {
           if (w.inputNorm.dtype !== w.postNorm.dtype) throw new UnsupportedError('forward: the two norms of a layer have different dtypes');

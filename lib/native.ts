@@ -91,10 +91,10 @@ export interface NativeLinearParams {
 
 /** The by-value arguments of awqLinear / awqDequantize (addon/awq.cpp). */
 export interface NativeAwqLinearParams {
-  numTokens: number; inFeatures: number; outFeatures: number; groupSize: number; xStride: number; outStride: number;
+  numTokens: number; inFeatures: number; outFeatures: number; groupSize: number; layout: number; xStride: number; outStride: number;
   xDtype: number; biasDtype: number; outDtype: number;
 }
-export interface NativeAwqDequantizeParams { inFeatures: number; outFeatures: number; groupSize: number; outDtype: number }
+export interface NativeAwqDequantizeParams { inFeatures: number; outFeatures: number; groupSize: number; layout: number; outDtype: number }
 
 export interface NativeBinding {
   setErrorFactory(factory: (code: string, message: string) => Error): void;
@@ -199,6 +199,10 @@ export interface NativeBinding {
     qweight: NativeBufferHandle, qweightOffset: number, qzeros: NativeBufferHandle, qzerosOffset: number,
     scales: NativeBufferHandle, scalesOffset: number, out: NativeBufferHandle, outOffset: number,
     params: NativeAwqDequantizeParams, stream: NativeStreamHandle,
+  ): void;
+  awqRepack(
+    qweight: NativeBufferHandle, qweightOffset: number, dst: NativeBufferHandle, dstOffset: number,
+    params: { inFeatures: number; outFeatures: number }, stream: NativeStreamHandle,
   ): void;
   /** The CPU kernels' instruction set (PAGEDLLM_SIMD=portable forces 'portable'). */
   cpuSimd(): 'avx2' | 'portable';

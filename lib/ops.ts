@@ -548,7 +548,10 @@ export function linear(x: Tensor, weight: Tensor, bias?: Tensor | null, options?
  * [inFeatures, outFeatures] — the transpose of an HF nn.Linear weight.
  */
 export interface AwqWeight {
-  /** int32 [inFeatures, outFeatures / 8]: 8 codes per word along the output dim, AWQ order. */
+  /**
+   * int32 [inFeatures, outFeatures / 8]: 8 codes per word along the output dim, AWQ order — or, with
+   * `layout: 'slab8'`, the same words reordered for the CPU's int8 GEMV ({@link awqRepack}).
+   */
   qweight: Tensor;
   /** int32 [inFeatures / groupSize, outFeatures / 8]: zero points, packed like qweight. */
   qzeros: Tensor;
@@ -556,7 +559,16 @@ export interface AwqWeight {
   scales: Tensor;
   /** 32, 64 or 128, or inFeatures for one group (a checkpoint's −1, also accepted as −1). */
   groupSize: number;
+  /**
+   * The order of qweight's words: 'autoawq' (the default: the checkpoint's) or 'slab8' (CPU only,
+   * made by {@link awqRepack}; include/pagedllm/awq.h defines it). A model loaded on a CPU whose
+   * `devices().cpu.awqActivations` is 'int8' has its AWQ weights in 'slab8'.
+   */
+  layout?: AwqLayout;
 }
+
+export type AwqLayout = 'autoawq' | 'slab8';
+const AWQ_LAYOUTS: readonly AwqLayout[] = ['autoawq', 'slab8'];
 
 export interface AwqLinearOptions {
   /** Written instead of allocating: [numTokens, outFeatures] of `dtype`, rows contiguous (may be strided). */
@@ -567,8 +579,8 @@ export interface AwqLinearOptions {
 
 const AWQ_GROUP_SIZES: readonly number[] = [32, 64, 128];
 
-/** The checked sizes of an AwqWeight: K, N, G (−1 resolved to K). */
-function checkAwqWeight(op: string, weight: unknown, primaryName: string, primary: Tensor | null): { K: number; N: number; G: number } {
+/** The checked sizes of an AwqWeight: K, N, G (−1 resolved to K), and the layout's native code. */
+function checkAwqWeight(op: string, weight: unknown, primaryName: string, primary: Tensor | null): { K: number; N: number; G: number; layout: number } {
   if (weight === null || typeof weight !== 'object') throw new InvalidArgumentError(`${op}: weight must be an AwqWeight { qweight, qzeros, scales, groupSize }`);
   const w = weight as Partial<AwqWeight>;
   const qweight = checkTensor(op, 'weight.qweight', w.qweight);
@@ -602,7 +614,13 @@ function checkAwqWeight(op: string, weight: unknown, primaryName: string, primar
   }
   checkSameDevice(op, 'weight.qzeros', qzeros, 'weight.qweight', qweight);
   checkSameDevice(op, 'weight.scales', scales, 'weight.qweight', qweight);
-  return { K, N, G };
+  const layout = w.layout ?? 'autoawq';
+  if (!AWQ_LAYOUTS.includes(layout)) throw new InvalidArgumentError(`${op}: weight.layout must be 'autoawq' or 'slab8', got ${JSON.stringify(layout)}`);
+  if (layout === 'slab8') {
+    if (qweight.device !== 'cpu') throw new UnsupportedError(`${op}: the slab8 layout is for the CPU (the CUDA kernels read autoawq)`);
+    if (K % 32 !== 0) throw new InvalidArgumentError(`${op}: the slab8 layout needs inFeatures a multiple of 32, got ${K}`);
+  }
+  return { K, N, G, layout: AWQ_LAYOUTS.indexOf(layout) };
 }
 
 /**
@@ -621,7 +639,7 @@ export function awqLinear(x: Tensor, weight: AwqWeight, bias?: Tensor | null, op
   const o = checkOptions(op, options);
   if (x.ndim !== 2) throw new InvalidArgumentError(`${op}: x must be [numTokens, inFeatures], got ${shapeText(x)}`);
   checkFloat(op, 'x', x);
-  const { K, N, G } = checkAwqWeight(op, weight, 'x', x);
+  const { K, N, G, layout } = checkAwqWeight(op, weight, 'x', x);
   const numTokens = x.shape[0]!;
   const xStride = rowStride(op, 'x', x);
   let b: Tensor | null = null;
@@ -643,7 +661,7 @@ export function awqLinear(x: Tensor, weight: AwqWeight, bias?: Tensor | null, op
           ...x.nativeRegion(), ...weight.qweight.nativeRegion(), ...weight.qzeros.nativeRegion(), ...weight.scales.nativeRegion(),
           ...region(b), ...out.tensor.nativeRegion(),
           {
-            numTokens, inFeatures: K, outFeatures: N, groupSize: G, xStride, outStride,
+            numTokens, inFeatures: K, outFeatures: N, groupSize: G, layout, xStride, outStride,
             xDtype: dtypeCode(x.dtype), biasDtype: dtypeCode(b?.dtype ?? 'float32'), outDtype: dtypeCode(dtype),
           },
           x.stream.handle,
@@ -665,7 +683,7 @@ export function awqLinear(x: Tensor, weight: AwqWeight, bias?: Tensor | null, op
 export function awqDequantize(weight: AwqWeight, options?: { dtype?: 'float16' | 'float32' }): Tensor {
   const op = 'awqDequantize';
   const o = checkOptions(op, options);
-  const { K, N, G } = checkAwqWeight(op, weight, '', null);
+  const { K, N, G, layout } = checkAwqWeight(op, weight, '', null);
   const dtype = o.dtype ?? 'float16';
   if (dtype !== 'float16' && dtype !== 'float32') throw new InvalidArgumentError(`${op}: dtype must be float16 or float32, got ${JSON.stringify(dtype)}`);
   const stream = weight.qweight.stream;
@@ -674,7 +692,7 @@ export function awqDequantize(weight: AwqWeight, options?: { dtype?: 'float16' |
     ordered(stream, [weight.qzeros, weight.scales], () =>
       native().awqDequantize(
         ...weight.qweight.nativeRegion(), ...weight.qzeros.nativeRegion(), ...weight.scales.nativeRegion(), ...out.nativeRegion(),
-        { inFeatures: K, outFeatures: N, groupSize: G, outDtype: dtypeCode(dtype) },
+        { inFeatures: K, outFeatures: N, groupSize: G, layout, outDtype: dtypeCode(dtype) },
         stream.handle,
       ),
     );
@@ -683,6 +701,38 @@ export function awqDequantize(weight: AwqWeight, options?: { dtype?: 'float16' |
     out.dispose();
     throw error;
   }
+}
+
+/**
+ * The weight with qweight in the 'slab8' layout, the order the CPU's int8 GEMV reads
+ * (include/pagedllm/awq.h): same size, same qzeros and scales, the same dequantized W. CPU only;
+ * inFeatures must be a multiple of 32. `inPlace: true` rewrites weight.qweight itself (no second
+ * copy: the model loader's way; the old weight must not be used afterwards); otherwise a new qweight
+ * tensor of category 'weights' is made. Worth it where `devices().cpu.awqActivations` is 'int8'.
+ *
+ * @example
+ * const fast = awqRepack({ qweight, qzeros, scales, groupSize: 128 });  // fast.layout === 'slab8'
+ */
+export function awqRepack(weight: AwqWeight, options?: { inPlace?: boolean }): AwqWeight & { layout: 'slab8' } {
+  const op = 'awqRepack';
+  const o = checkOptions(op, options);
+  const { K, N } = checkAwqWeight(op, weight, '', null);
+  if ((weight.layout ?? 'autoawq') !== 'autoawq') throw new InvalidArgumentError(`${op}: the weight is already ${String(weight.layout)}`);
+  if (weight.qweight.device !== 'cpu') throw new UnsupportedError(`${op}: the slab8 layout is for the CPU (the CUDA kernels read autoawq)`);
+  if (K % 32 !== 0) throw new InvalidArgumentError(`${op}: the slab8 layout needs inFeatures a multiple of 32, got ${K}`);
+  const stream = weight.qweight.stream;
+  if (o.inPlace !== undefined && typeof o.inPlace !== 'boolean') throw new InvalidArgumentError(`${op}: inPlace must be a boolean, got ${String(o.inPlace)}`);
+  const inPlace = o.inPlace === true;
+  const qweight = inPlace ? weight.qweight : Tensor.empty(weight.qweight.shape, { dtype: 'int32', stream, category: 'weights' });
+  try {
+    ordered(stream, [], () =>
+      native().awqRepack(...weight.qweight.nativeRegion(), ...qweight.nativeRegion(), { inFeatures: K, outFeatures: N }, stream.handle),
+    );
+  } catch (error) {
+    if (!inPlace) qweight.dispose();
+    throw error;
+  }
+  return { qweight, qzeros: weight.qzeros, scales: weight.scales, groupSize: weight.groupSize, layout: 'slab8' };
 }
 
 /** The instruction set of the CPU kernels: 'avx2' (AVX2 + FMA + F16C) or 'portable' (PAGEDLLM_SIMD=portable forces it). */

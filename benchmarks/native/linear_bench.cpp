@@ -6,8 +6,9 @@
 //   pagedllm_bench_linear [--device cpu|cuda] [--reps N] [--n N] [--k K] [--only dense|awq] [--awq-m 1,8,128]
 //   (--n/--k: one shape for both parts instead of the defaults)
 //
-// AWQ rows ("awq-int4-g128": the dispatch, whose CPU gemv quantizes x to int8 on the avx2 path;
-// "awq-int4-g128-f32x": that gemv with float32 x, beside it) count as weight bytes the packed
+// AWQ rows ("awq-int4-g128": the layout a model gets on that path — on the CPU's avx2 path Slab8,
+// whose gemv quantizes x to int8; "awq-int4-g128-autoawq": the checkpoint's layout, float32 x in
+// the gemv, beside it) count as weight bytes the packed
 // tensors read per call (qweight + qzeros + scales; 4.2 bits per weight at G = 128) and rotate
 // through enough copies (≥ 128 MiB) that no call finds its weights in the CPU's L3 or the GPU's L2.
 //
@@ -107,10 +108,13 @@ void awq_cases(const std::shared_ptr<Stream>& stream, const std::vector<std::pai
     std::vector<uint16_t> dense_host(K * N);
     for (auto& v : dense_host) v = float_to_half_bits(0.01f * (u(rng) - 0.01f));
     for (int64_t c = 0; c < f16_copies; ++c) upload(dense_host.data(), static_cast<char*>(dense.ptr) + c * f16, f16, *stream);
-    auto weight = [&](int64_t c) {
+    // Random words are a weight in either layout (every bit pattern is one).
+    auto weight = [&](int64_t c, AwqLayout layout) {
       const char* base = static_cast<const char*>(awq.ptr) + c * awq_bytes;
-      return AwqWeight{reinterpret_cast<const int32_t*>(base), reinterpret_cast<const int32_t*>(base + qw),
-                       reinterpret_cast<const uint16_t*>(base + qw + qz), K, N, G};
+      AwqWeight w{reinterpret_cast<const int32_t*>(base), reinterpret_cast<const int32_t*>(base + qw),
+                  reinterpret_cast<const uint16_t*>(base + qw + qz), K, N, G};
+      w.layout = layout;
+      return w;
     };
     for (const auto& [name, simd] : paths)
       for (int64_t M : ms) {
@@ -120,19 +124,21 @@ void awq_cases(const std::shared_ptr<Stream>& stream, const std::vector<std::pai
         upload(xh.data(), x.ptr, xh.size() * 2, *stream);
         stream->synchronize();
         const int r_awq = M > 8 && !cuda ? std::max(3, reps / 5) : reps;
+        // The layout a model loaded on this path gets (CUDA: AutoAWQ; CPU avx2: Slab8, int8 x in the gemv) …
+        const AwqLayout loaded = !cuda && awq_cpu_activations(simd) == AwqCpuActivations::Int8 ? AwqLayout::Slab8 : AwqLayout::AutoAwq;
         const double t_awq = time_calls(stream, r_awq, [&, simd = simd](int r) {
-          const AwqLinearArgs a{x.ptr, K, DType::Float16, weight(r % copies), nullptr, DType::Float32, out.ptr, N, DType::Float16, M};
+          const AwqLinearArgs a{x.ptr, K, DType::Float16, weight(r % copies, loaded), nullptr, DType::Float32, out.ptr, N, DType::Float16, M};
           if (cuda) awq_linear(a, *stream);
           else awq_linear_cpu(a, *stream, simd);
         });
         rows.push_back({name, "awq-int4-g128", M, K, N, t_awq, static_cast<double>(awq_bytes)});
-        if (!cuda && M <= 8 && awq_cpu_activations(simd) == AwqCpuActivations::Int8) {
-          // The same gemv with float32 activations (what PAGEDLLM_AWQ_ACTIVATIONS=float32 selects), side by side.
-          const double t_f32 = time_calls(stream, r_awq, [&, simd = simd](int r) {
-            const AwqLinearArgs a{x.ptr, K, DType::Float16, weight(r % copies), nullptr, DType::Float32, out.ptr, N, DType::Float16, M};
-            awq_linear_many_cpu(&a, 1, *stream, simd, AwqCpuActivations::Float32);
+        if (loaded != AwqLayout::AutoAwq) {
+          // … and the checkpoint's own layout beside it (float32 x in the gemv: PAGEDLLM_AWQ_ACTIVATIONS=float32).
+          const double t_auto = time_calls(stream, r_awq, [&, simd = simd](int r) {
+            const AwqLinearArgs a{x.ptr, K, DType::Float16, weight(r % copies, AwqLayout::AutoAwq), nullptr, DType::Float32, out.ptr, N, DType::Float16, M};
+            awq_linear_cpu(a, *stream, simd);
           });
-          rows.push_back({name, "awq-int4-g128-f32x", M, K, N, t_f32, static_cast<double>(awq_bytes)});
+          rows.push_back({name, "awq-int4-g128-autoawq", M, K, N, t_auto, static_cast<double>(awq_bytes)});
         }
         const double t_f16 = time_calls(stream, r_awq, [&, simd = simd](int r) {
           const LinearArgs a{x.ptr, K, DType::Float16, static_cast<char*>(dense.ptr) + (r % f16_copies) * f16, DType::Float16,

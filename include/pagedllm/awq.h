@@ -15,8 +15,10 @@
 // 8c + kOrder[i], so column 8c + j sits in slot kReverseOrder[j] — even columns in the low 16 bits,
 // odd columns in the high 16 bits. A checkpoint's int32 words are little-endian on disk.
 //
-// No load-time repack: every kernel reads the AutoAWQ tensors as they are, so a checkpoint's buffers
-// are used in place (and awq_dequantize_reference is the one definition of what they mean).
+// Every kernel reads the AutoAWQ tensors as they are, with one exception: the CPU's int8 GEMV reads
+// qweight repacked in place (same bytes, another order: AwqLayout::Slab8 below), which the model
+// loader does once on a CPU whose gemv takes int8 activations. awq_weight_code and
+// awq_dequantize_reference are the one definition of what either layout means.
 #pragma once
 
 #include <cstdint>
@@ -78,14 +80,35 @@ static_assert(code(0x86427531u, 0) == 1 && code(0x86427531u, 1) == 2 && code(0x8
 
 }  // namespace awq
 
-// One AWQ weight in device (or host) memory: the three AutoAWQ tensors as they are.
+// The order of qweight's words (qzeros and scales are always as AutoAWQ stores them):
+//   AutoAwq: [K, N/8], the checkpoint's order (above).
+//   Slab8:   [K/8, N], the CPU int8 GEMV's order (K a multiple of 32; CPU only): word (r, n) holds
+//            column n's codes of rows 8r … 8r+7, row 8r + t at bit slab_shift(t) = 8·(t mod 4) +
+//            4·⌊t/4⌋. Byte b of a word thus holds rows 8r + b (low nibble) and 8r + 4 + b (high), and
+//            a 32-byte vector of 8 words, masked to its low nibbles, is 8 columns × 4 rows of bytes
+//            that vpmaddubsw multiplies pairwise by 4 broadcast activation codes (the high nibbles:
+//            the next 4 rows) — summed per column by vpmaddwd, with no shuffle, in natural column
+//            order. Slab r is the same 4·N bytes as rows 8r … 8r+7 of the AutoAWQ tensor, so
+//            awq_repack converts one to the other in place. Measured on a 2-core AVX2 VM: the GEMV
+//            over Slab8 reads 1.4-1.8x faster per core than the byte-interleaving one it replaced
+//            (which needed 4 unpacks and a per-block even/odd split per 64 bytes).
+enum class AwqLayout : int32_t { AutoAwq = 0, Slab8 = 1 };
+const char* awq_layout_name(AwqLayout layout);
+namespace awq {
+PAGEDLLM_HD constexpr int slab_shift(int t) { return 8 * (t & 3) + 4 * (t >> 2); }
+constexpr int64_t kSlabRows = 8;
+constexpr int64_t kSlabKMultiple = 32;  // K of a Slab8 weight: whole 32-row blocks (the GEMV's jobs)
+}  // namespace awq
+
+// One AWQ weight in device (or host) memory: the three AutoAWQ tensors, qweight in `layout` order.
 struct AwqWeight {
-  const int32_t* qweight;  // [in_features, out_features / 8] int32, contiguous
+  const int32_t* qweight;  // K · N/8 int32 words, contiguous, in `layout` order
   const int32_t* qzeros;   // [in_features / group_size, out_features / 8] int32, contiguous
   const uint16_t* scales;  // [in_features / group_size, out_features] float16 bits, contiguous
   int64_t in_features;     // K
   int64_t out_features;    // N, a multiple of 8
   int64_t group_size;      // G: 32, 64, 128, or in_features (a checkpoint's −1)
+  AwqLayout layout = AwqLayout::AutoAwq;
 };
 
 // Throws ERR_INVALID_ARGUMENT for sizes the format cannot have (K ≤ 0, N not a positive multiple of 8,
@@ -104,15 +127,37 @@ inline void check_awq_weight(const AwqWeight& w, const char* op) {
                  " is not supported (supported: 32, 64, 128, or in_features for one group)");
   PAGEDLLM_CHECK(w.in_features % w.group_size == 0, InvalidArgument, op, ": in_features ", w.in_features,
                  " is not a multiple of the group size ", w.group_size);
+  PAGEDLLM_CHECK(w.layout == AwqLayout::AutoAwq || w.layout == AwqLayout::Slab8, InvalidArgument, op, ": layout ",
+                 static_cast<int>(w.layout), " is not a layout (0: autoawq, 1: slab8)");
+  PAGEDLLM_CHECK(w.layout != AwqLayout::Slab8 || w.in_features % awq::kSlabKMultiple == 0, InvalidArgument, op,
+                 ": the slab8 layout needs in_features a multiple of 32, got ", w.in_features);
+}
+
+// The code q[k, n] of a weight in either layout, by the definitions above.
+inline int awq_weight_code(const AwqWeight& w, int64_t k, int64_t n) {
+  if (w.layout == AwqLayout::Slab8)
+    return static_cast<int>((static_cast<uint32_t>(w.qweight[(k / 8) * w.out_features + n]) >> awq::slab_shift(static_cast<int>(k % 8))) & 15u);
+  return awq::code(static_cast<uint32_t>(w.qweight[k * (w.out_features / awq::kPackFactor) + n / 8]), static_cast<int>(n % 8));
+}
+
+// The reference repack (plain loops): AutoAWQ words src [K, N/8] → Slab8 words dst [K/8, N] (K a
+// multiple of 8; src and dst distinct).
+inline void awq_repack_slab8_reference(const int32_t* src, int32_t* dst, int64_t K, int64_t N) {
+  const AwqWeight from{src, nullptr, nullptr, K, N, K};
+  for (int64_t r = 0; r < K / 8; ++r)
+    for (int64_t n = 0; n < N; ++n) {
+      uint32_t word = 0;
+      for (int t = 0; t < 8; ++t) word |= static_cast<uint32_t>(awq_weight_code(from, 8 * r + t, n)) << awq::slab_shift(t);
+      dst[r * N + n] = static_cast<int32_t>(word);
+    }
 }
 
 // The reference: W[k, n] of the dequantized weight (a float16 value, returned as float), by the
 // definition, one element at a time.
 inline float awq_reference_weight(const AwqWeight& w, int64_t k, int64_t n) {
   const int64_t words = w.out_features / awq::kPackFactor, g = k / w.group_size;
-  const uint32_t qword = static_cast<uint32_t>(w.qweight[k * words + n / 8]);
   const uint32_t zword = static_cast<uint32_t>(w.qzeros[g * words + n / 8]);
-  const int q = awq::code(qword, static_cast<int>(n % 8)), z = awq::code(zword, static_cast<int>(n % 8));
+  const int q = awq_weight_code(w, k, n), z = awq::code(zword, static_cast<int>(n % 8));
   const float s = half_bits_to_float(w.scales[g * w.out_features + n]);
   return half_bits_to_float(float_to_half_bits(static_cast<float>(q - z) * s));
 }
@@ -167,12 +212,12 @@ inline void awq_quantize_activations(const float* x, int64_t n, int8_t* codes, f
 //   CPU:  M ≤ 8: a GEMV that streams the packed words once for all M rows (threads over row
 //         ranges of K, each a contiguous stretch of memory), unpacking nibbles in registers and
 //         applying each group's scale and zero point to per-group sums:
-//         Σ_k x·W = Σ_g s·(Σ_{k∈g} x·q − z·Σ_{k∈g} x) — the products are not rounded to float16, so
-//         each term may differ from x·W by half a float16 ulp of W (tests allow it). On the AVX2
-//         path x is first quantized to int8 (AwqCpuActivations below: faster, a bounded error;
-//         PAGEDLLM_AWQ_ACTIVATIONS=float32 turns it off). M > 8: a
-//         cache-blocked GEMM over panels dequantized to exactly W (float32), 6 × 16 register tiles,
-//         threads over N. AVX2+FMA+F16C or portable C++ (cpu_simd()); no AVX-512 variant yet.
+//         Σ_k x·W = Σ_g s·(Σ_{k∈g} x·q − z·Σ_{k∈g} x). Its arithmetic follows the layout: AutoAwq
+//         multiplies float32 x (the products are not rounded to float16, so each term may differ
+//         from x·W by half a float16 ulp of W; tests allow it); Slab8 (AVX2 only) quantizes x to
+//         int8 first (AwqCpuActivations below: faster, a bounded error). M > 8: a cache-blocked
+//         GEMM over panels dequantized to exactly W (float32), 6 × 16 register tiles, threads over
+//         N, either layout. AVX2+FMA+F16C or portable C++ (cpu_simd()); no AVX-512 variant yet.
 //   CUDA: M small: a fused GEMV (the words read once, 16-byte loads, K split across warps); larger M:
 //         a fused tensor-core GEMM (mma.sync m16n8k16, sm_80+, float16/bfloat16 x: W is rounded to
 //         x's dtype, so bfloat16 x sees W to bfloat16 precision) or a float32 SIMT GEMM (sm_75,
@@ -197,30 +242,41 @@ void awq_linear_cuda(const AwqLinearArgs& args, Stream& stream);
 // a CPU without it.
 void awq_linear_cpu(const AwqLinearArgs& args, Stream& stream, CpuSimd simd);
 
-// The arithmetic of the CPU gemv (M ≤ 8; larger M always multiplies float32 x by exactly W):
-//   Float32: x as given (see awq_linear above).
-//   Int8:    x quantized per 16 values (awq_quantize_activations) and multiplied by the codes in
-//            integers (AVX2 vpmaddubsw), the scales and zero points applied per block and group in
-//            float32 — 2-3x the float32 path's speed, so decode streams the weights at memory speed.
-//            The result is Σ x̂ · W (each term within half a float16 ulp of W, as Float32), which
-//            differs from Σ x · W by at most Σ_k |W[k, n]| · |x[k] − x̂[k]| ≤ Σ_k |W[k, n]| · d_b / 2
-//            (about 0.4 % of max|x| per block: llama.cpp's Q8_0 activations make the same trade).
-//            The avx2 path only (ERR_UNSUPPORTED on another).
-//   Auto:    Int8 on the avx2 path, Float32 on the portable one; PAGEDLLM_AWQ_ACTIVATIONS=float32
-//            makes the avx2 path's Auto Float32 too (read once per process).
-enum class AwqCpuActivations { Auto, Float32, Int8 };
-// What Auto resolves to on a SIMD path, and the names "auto", "float32", "int8".
+// The arithmetic of the CPU gemv (M ≤ 8; larger M always multiplies float32 x by exactly W), set by
+// the weight's layout:
+//   Float32 (AutoAwq): x as given (see awq_linear above).
+//   Int8 (Slab8):      x quantized per 16 values (awq_quantize_activations) and multiplied by the codes
+//            in integers (AVX2 vpmaddubsw), the scales and zero points applied per block and group in
+//            float32 — several times the float32 path's speed, so decode streams the weights at
+//            memory speed. The result is Σ x̂ · W (each term within half a float16 ulp of W, as
+//            Float32), which differs from Σ x · W by at most Σ_k |W[k, n]| · |x[k] − x̂[k]| ≤
+//            Σ_k |W[k, n]| · d_b / 2 (about 0.4 % of max|x| per block: llama.cpp's Q8_0 activations
+//            make the same trade). The avx2 path only (ERR_UNSUPPORTED on another).
+// awq_cpu_activations: which one a model loaded on this CPU uses — Int8 on the avx2 path (the loader
+// repacks its AWQ weights to Slab8), Float32 on the portable one, or when PAGEDLLM_AWQ_ACTIVATIONS=
+// float32 (read once per process).
+enum class AwqCpuActivations { Float32, Int8 };
 AwqCpuActivations awq_cpu_activations(CpuSimd simd);
 const char* awq_cpu_activations_name(AwqCpuActivations activations);
 
 // Several AWQ linears of one input — the same x, x_stride, x_dtype, num_tokens, in_features and
 // group_size, each with its own weight, bias and out — as one op, bit-identical to awq_linear on
 // each (linear_many's AWQ twin). CPU, M ≤ 8: x and its block sums once, one thread-pool pass over
-// every weight's row blocks and one over every output's sums, where separate calls pay two each;
-// larger M and CUDA: awq_linear on each.
+// every weight's row blocks and one over every output's sums, where separate calls pay two each
+// (ops of both layouts may be mixed); larger M and CUDA: awq_linear on each.
 void awq_linear_many(const AwqLinearArgs* args, size_t count, Stream& stream);
 void awq_linear_many_cpu(const AwqLinearArgs* args, size_t count, Stream& stream, CpuSimd simd);
-void awq_linear_many_cpu(const AwqLinearArgs* args, size_t count, Stream& stream, CpuSimd simd, AwqCpuActivations activations);
+
+// ---- awq_repack ----------------------------------------------------------------------------------
+// dst = qweight of `weight` (AutoAwq) in Slab8 order (K a multiple of 32). dst may be weight.qweight
+// itself (in place: slab by slab, through a 4·N-byte buffer) or must not overlap it. CPU only
+// (ERR_UNSUPPORTED on CUDA, whose kernels read AutoAwq). A Slab8 weight is dst with
+// layout = AwqLayout::Slab8 and the same qzeros and scales.
+struct AwqRepackArgs {
+  AwqWeight weight;  // AutoAwq
+  int32_t* dst;      // K · N/8 words
+};
+void awq_repack(const AwqRepackArgs& args, Stream& stream);
 
 // The CUDA kernels of awq_linear, for tests and the crossover benchmark; Auto is the dispatch.
 // TensorCore needs sm_80+ and float16/bfloat16 x (ERR_UNSUPPORTED otherwise).

@@ -4,7 +4,7 @@
 // into views, and the typed errors of bad shapes, dtypes, group sizes and devices. (The kernels'
 // M × shape × group-size grids are tested natively: test/native/test_awq_cpu.cpp.)
 import { devices, float32ToBfloat16, float32ToFloat16, InvalidArgumentError, Tensor, UnsupportedError, type DType } from '../../lib';
-import { awqDequantize, awqLinear, type AwqWeight } from '../../lib/ops';
+import { awqDequantize, awqLinear, awqRepack, type AwqLayout, type AwqWeight } from '../../lib/ops';
 import { bf16Value, halfValue, rng } from './helpers';
 
 // ---- reference --------------------------------------------------------------------------------
@@ -103,10 +103,13 @@ function quantizeActivations(x: ArrayLike<number>, M: number, K: number): Float6
     }
   return out;
 }
-// What the CPU multiplies x by at M tokens: x̂ where the gemv (M ≤ 8) quantizes it, else x.
-function effectiveX(x: ArrayLike<number>, M: number, K: number): ArrayLike<number> {
-  return M <= 8 && devices().cpu.awqActivations === 'int8' ? quantizeActivations(x, M, K) : x;
+// What the CPU multiplies x by at M tokens: x̂ where the gemv (M ≤ 8, a slab8 weight) quantizes it, else x.
+function effectiveX(x: ArrayLike<number>, M: number, K: number, layout: AwqLayout): ArrayLike<number> {
+  return M <= 8 && layout === 'slab8' ? quantizeActivations(x, M, K) : x;
 }
+// The layouts this CPU runs: the checkpoint's, and slab8 where the gemv takes int8 activations.
+const LAYOUTS: AwqLayout[] = devices().cpu.awqActivations === 'int8' ? ['autoawq', 'slab8'] : ['autoawq'];
+const inLayout = (w: AwqWeight, layout: AwqLayout): AwqWeight => (layout === 'slab8' ? awqRepack(w) : w);
 
 function matmulReference(x: ArrayLike<number>, W: Uint16Array, b: ArrayLike<number> | null, M: number, K: number, N: number): { y: Float64Array; mag: Float64Array } {
   const w = Float64Array.from(W, (h) => halfValue(h));
@@ -195,36 +198,44 @@ describe('awqLinear', () => {
     const N = 72;
     const host = randomAwq(K, N, G === -1 ? K : G, M * 31 + K);
     const W = dequantizeReference(host);
-    const w = upload(host, G);
+    const checkpoint = upload(host, G);
     const x = tensorOf(randomValues(M * K, M), [M, K], xDtype);
     const b = tensorOf(randomValues(N, 5), [N], 'float32');
-    const { y, mag } = matmulReference(effectiveX(x.exact, M, K), W, b.exact, M, K, N);
-    const out = awqLinear(x.t, w, b.t, { dtype: outDtype });
-    expect(out.shape).toEqual([M, N]);
-    expect(out.dtype).toBe(outDtype);
-    expectClose(await valuesOf(out), Array.from(y), (i) => WEIGHT_TOLERANCE * mag[i]! + Math.abs(y[i]!) * ULP[outDtype]!, `awqLinear M ${M}`);
-    // The default output dtype is x's.
-    expect(awqLinear(x.t, w).dtype).toBe(xDtype);
-    dispose(w);
+    for (const layout of LAYOUTS) {
+      const w = inLayout(checkpoint, layout);
+      const { y, mag } = matmulReference(effectiveX(x.exact, M, K, layout), W, b.exact, M, K, N);
+      const out = awqLinear(x.t, w, b.t, { dtype: outDtype });
+      expect(out.shape).toEqual([M, N]);
+      expect(out.dtype).toBe(outDtype);
+      expectClose(await valuesOf(out), Array.from(y), (i) => WEIGHT_TOLERANCE * mag[i]! + Math.abs(y[i]!) * ULP[outDtype]!, `awqLinear M ${M} ${layout}`);
+      // The default output dtype is x's.
+      expect(awqLinear(x.t, w).dtype).toBe(xDtype);
+      if (w !== checkpoint) w.qweight.dispose();
+    }
+    dispose(checkpoint);
   });
 
   test('strided x rows and a strided out view', async () => {
     const M = 5, K = 64, N = 16;
     const host = randomAwq(K, N, 32, 9);
     const W = dequantizeReference(host);
-    const w = upload(host);
+    const checkpoint = upload(host);
     const wide = tensorOf(randomValues(M * (K + 3), 10), [M, K + 3], 'float32');
     const x = wide.t.slice(1, 3);
     const xs = Float64Array.from({ length: M * K }, (_, i) => wide.exact[Math.floor(i / K) * (K + 3) + 3 + (i % K)]!);
-    const { y, mag } = matmulReference(effectiveX(xs, M, K), W, null, M, K, N);
-    const target = Tensor.zeros([M, N + 4]);
-    const view = target.slice(1, 2, 2 + N);
-    expect(awqLinear(x, w, null, { out: view })).toBe(view);
-    const all = await valuesOf(target);
-    const got = Array.from({ length: M * N }, (_, i) => all[Math.floor(i / N) * (N + 4) + 2 + (i % N)]!);
-    expectClose(got, Array.from(y), (i) => WEIGHT_TOLERANCE * mag[i]! + Math.abs(y[i]!) * ULP.float32!, 'awqLinear into a view');
-    for (let m = 0; m < M; m++) for (const c of [0, 1, N + 2, N + 3]) expect(all[m * (N + 4) + c]).toBe(0);
-    dispose(w);
+    for (const layout of LAYOUTS) {
+      const w = inLayout(checkpoint, layout);
+      const { y, mag } = matmulReference(effectiveX(xs, M, K, layout), W, null, M, K, N);
+      const target = Tensor.zeros([M, N + 4]);
+      const view = target.slice(1, 2, 2 + N);
+      expect(awqLinear(x, w, null, { out: view })).toBe(view);
+      const all = await valuesOf(target);
+      const got = Array.from({ length: M * N }, (_, i) => all[Math.floor(i / N) * (N + 4) + 2 + (i % N)]!);
+      expectClose(got, Array.from(y), (i) => WEIGHT_TOLERANCE * mag[i]! + Math.abs(y[i]!) * ULP.float32!, `awqLinear into a view, ${layout}`);
+      for (let m = 0; m < M; m++) for (const c of [0, 1, N + 2, N + 3]) expect(all[m * (N + 4) + c]).toBe(0);
+      if (w !== checkpoint) w.qweight.dispose();
+    }
+    dispose(checkpoint);
   });
 
   test('rejects bad arguments with typed errors and exact messages', () => {
@@ -252,12 +263,60 @@ describe('awqLinear', () => {
   });
 
   const cuda = devices().cuda.available;
+  (cuda ? test : test.skip)('rejects a slab8 weight on CUDA (needs CUDA)', () => {
+    const w = upload(randomAwq(64, 16, 32, 3));
+    const x = Tensor.zeros([2, 64], { device: 'cuda:0' });
+    const onGpu: AwqWeight = { qweight: w.qweight.to('cuda:0'), qzeros: w.qzeros.to('cuda:0'), scales: w.scales.to('cuda:0'), groupSize: 32, layout: 'slab8' };
+    expectError(() => awqLinear(x, onGpu), UnsupportedError, 'awqLinear: the slab8 layout is for the CPU (the CUDA kernels read autoawq)');
+    expectError(() => awqRepack({ ...onGpu, layout: 'autoawq' }), UnsupportedError, 'awqRepack: the slab8 layout is for the CPU (the CUDA kernels read autoawq)');
+    dispose(onGpu);
+    x.dispose();
+    dispose(w);
+  });
+
   (cuda ? test : test.skip)('rejects a weight on another device (needs CUDA)', () => {
     const host = randomAwq(64, 16, 32, 3);
     const w = upload(host);
     const x = Tensor.zeros([2, 64], { device: 'cuda:0' });
     expectError(() => awqLinear(x, w), InvalidArgumentError, 'awqLinear: weight.qweight is on cpu but x is on cuda:0');
     x.dispose();
+    dispose(w);
+  });
+});
+
+describe('awqRepack', () => {
+  test('slab8 is the same weight: awqDequantize bit for bit, in place or not', async () => {
+    for (const [K, N, G] of [[64, 16, 32], [256, 72, 128], [96, 40, -1]] as const) {
+      const host = randomAwq(K, N, G === -1 ? K : G, K + N);
+      const w = upload(host, G);
+      const before = await w.qweight.toArray();
+      const want = await valuesOf(awqDequantize(w));
+      const copy = awqRepack(w);
+      expect(copy.layout).toBe('slab8');
+      expect(copy.qweight).not.toBe(w.qweight);
+      expect(copy.qweight.shape).toEqual([K, N / 8]);
+      expect(await w.qweight.toArray()).toEqual(before);  // the input is untouched
+      expect(await valuesOf(awqDequantize(copy))).toEqual(want);
+      const own = awqRepack(w, { inPlace: true });
+      expect(own.qweight).toBe(w.qweight);
+      expect(await own.qweight.toArray()).toEqual(await copy.qweight.toArray());
+      expect(await own.qweight.toArray()).not.toEqual(before);
+      expect(await valuesOf(awqDequantize(own))).toEqual(want);
+      copy.qweight.dispose();
+      dispose(w);
+    }
+  });
+
+  test('rejects what has no slab8 form, with typed errors', () => {
+    const w = upload(randomAwq(80, 16, 80, 5), -1);
+    expectError(() => awqRepack(w), InvalidArgumentError, 'awqRepack: the slab8 layout needs inFeatures a multiple of 32, got 80');
+    expectError(() => awqLinear(Tensor.zeros([1, 80]), { ...w, layout: 'slab8' }), InvalidArgumentError, 'awqLinear: the slab8 layout needs inFeatures a multiple of 32, got 80');
+    expectError(() => awqLinear(Tensor.zeros([1, 80]), { ...w, layout: 'tiled' as AwqLayout }), InvalidArgumentError, `awqLinear: weight.layout must be 'autoawq' or 'slab8', got "tiled"`);
+    const v = upload(randomAwq(64, 16, 32, 6));
+    const slab = awqRepack(v, { inPlace: true });
+    expectError(() => awqRepack(slab), InvalidArgumentError, 'awqRepack: the weight is already slab8');
+    expectError(() => awqRepack(v, { inPlace: 1 as unknown as boolean }), InvalidArgumentError, 'awqRepack: inPlace must be a boolean, got 1');
+    dispose(v);
     dispose(w);
   });
 });

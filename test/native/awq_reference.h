@@ -32,10 +32,18 @@ inline float awq_weight_from_spec(const pagedllm::AwqWeight& w, int64_t k, int64
   return static_cast<float>(half_value(reference_to_half(static_cast<float>((q - z) * s))));
 }
 
+// The Slab8 layout (awq.h), written out again: row 8r + t of column n is at bit
+// {0, 8, 16, 24, 4, 12, 20, 28}[t] of word r · N + n.
+inline int awq_slab_code_from_spec(const int32_t* words, int64_t N, int64_t k, int64_t n) {
+  static const int bit[8] = {0, 8, 16, 24, 4, 12, 20, 28};
+  return static_cast<int>((static_cast<uint32_t>(words[(k / 8) * N + n]) >> bit[k % 8]) & 15u);
+}
+
 struct AwqTensors {
   int64_t K, N, G;
   std::vector<int32_t> qweight, qzeros;
   std::vector<uint16_t> scales;
+  std::vector<int32_t> slab;  // qweight in the Slab8 layout (the header's reference repack), when K allows
 
   AwqTensors(int64_t k, int64_t n, int64_t g, uint32_t seed) : K(k), N(n), G(g) {
     std::mt19937 rng(seed);
@@ -46,12 +54,23 @@ struct AwqTensors {
     for (auto& v : qzeros) v = static_cast<int32_t>(rng());
     std::uniform_real_distribution<float> u(0.002f, 0.02f);
     for (auto& v : scales) v = reference_to_half(u(rng));
+    if (K % pagedllm::awq::kSlabKMultiple == 0) {
+      slab.resize(qweight.size());
+      pagedllm::awq_repack_slab8_reference(qweight.data(), slab.data(), K, N);
+    }
   }
   // Over host copies (or device copies of the same bytes).
   pagedllm::AwqWeight weight(const void* q, const void* z, const void* s) const {
     return {static_cast<const int32_t*>(q), static_cast<const int32_t*>(z), static_cast<const uint16_t*>(s), K, N, G};
   }
   pagedllm::AwqWeight weight() const { return weight(qweight.data(), qzeros.data(), scales.data()); }
+  bool has(pagedllm::AwqLayout layout) const { return layout == pagedllm::AwqLayout::AutoAwq || !slab.empty(); }
+  pagedllm::AwqWeight weight(pagedllm::AwqLayout layout) const {
+    if (layout == pagedllm::AwqLayout::AutoAwq) return weight();
+    pagedllm::AwqWeight w = weight(slab.data(), qzeros.data(), scales.data());
+    w.layout = layout;
+    return w;
+  }
 };
 
 struct AwqLinearCase {
@@ -94,7 +113,9 @@ struct AwqLinearCase {
   pagedllm::AwqLinearArgs args(const void* x_copy, const pagedllm::AwqWeight& weight, const void* bias_copy, void* out) const {
     return {x_copy, x_stride, x.dtype, weight, bias.size() ? bias_copy : nullptr, DType::Float32, out, out_stride, out_dtype, M};
   }
-  pagedllm::AwqLinearArgs args(void* out) const { return args(x.data(), w.weight(), bias.data(), out); }
+  pagedllm::AwqLinearArgs args(void* out, pagedllm::AwqLayout layout = pagedllm::AwqLayout::AutoAwq) const {
+    return args(x.data(), w.weight(layout), bias.data(), out);
+  }
   HostTensor make_out() const { return HostTensor(out_dtype, (M - 1) * out_stride + w.N); }
 
   // Tolerance per element, relative to Σ|x·W| (+ |bias|): float32 accumulation in any order (1e-5,
@@ -111,7 +132,7 @@ struct AwqLinearCase {
       }
     check_close(out, want, tol, backend + " " + what);
   }
-  // The int8-activation gemv (awq.h, AwqCpuActivations::Int8): out must be Σ x̂ · W (+ bias), x̂ the
+  // The int8-activation gemv (awq.h, Slab8 weights): out must be Σ x̂ · W (+ bias), x̂ the
   // header's quantization of x, within the float path's tolerance; and it is checked against
   // Σ x · W too, with the quantization's bound Σ_k |W[k, n]| · |x[k] − x̂[k]| added.
   void check_int8(const HostTensor& out, double weight_error, const std::string& backend) const {

@@ -8,7 +8,9 @@
 #include <cstring>
 #include <memory>
 #include <random>
+#include <cstdio>
 #include <string>
+#include <tuple>
 #include <vector>
 
 #include "awq_reference.h"
@@ -27,18 +29,18 @@ constexpr DType kFloats[] = {DType::Float32, DType::Float16, DType::BFloat16};
 
 std::vector<CpuSimd> simd_paths() { return cpu_simd_paths(); }
 
-// The CPU gemv's variants: every SIMD path with float32 activations, and the avx2 path with int8
-// ones (where this CPU has it).
+// The CPU kernels' variants: every SIMD path over AutoAWQ weights (float32 activations in the
+// gemv), and the avx2 path over Slab8 ones (int8 activations in the gemv), where this CPU has it.
 struct GemvPath {
   CpuSimd simd;
-  AwqCpuActivations activations;
-  std::string name() const { return test::str(cpu_simd_name(simd), " ", awq_cpu_activations_name(activations)); }
+  AwqLayout layout;
+  std::string name() const { return test::str(cpu_simd_name(simd), " ", awq_layout_name(layout)); }
 };
 std::vector<GemvPath> gemv_paths() {
   std::vector<GemvPath> paths;
   for (CpuSimd simd : cpu_simd_paths()) {
-    paths.push_back({simd, AwqCpuActivations::Float32});
-    if (simd == CpuSimd::Avx2) paths.push_back({simd, AwqCpuActivations::Int8});
+    paths.push_back({simd, AwqLayout::AutoAwq});
+    if (simd == CpuSimd::Avx2) paths.push_back({simd, AwqLayout::Slab8});
   }
   return paths;
 }
@@ -55,10 +57,15 @@ HostTensor dequantize(const AwqWeight& w, DType dtype) {
 constexpr double kCpuWeightError = 1.0 / 2048;
 
 // A CPU result against the reference its path computes: x̂ · W where the gemv (M ≤ 8) quantized x to
-// int8, x · W otherwise (M > 8 always multiplies float32 x).
-void check_cpu(const test::AwqLinearCase& c, const HostTensor& out, AwqCpuActivations activations, const std::string& what) {
-  if (activations == AwqCpuActivations::Int8 && c.M <= 8) c.check_int8(out, kCpuWeightError, what);
+// int8 (Slab8 weights), x · W otherwise (M > 8 always multiplies float32 x).
+void check_cpu(const test::AwqLinearCase& c, const HostTensor& out, AwqLayout layout, const std::string& what) {
+  if (layout == AwqLayout::Slab8 && c.M <= 8) c.check_int8(out, kCpuWeightError, what);
   else c.check(out, kCpuWeightError, what);
+}
+
+// The layout a model loaded on this CPU gets (awq_cpu_activations).
+AwqLayout loader_layout() {
+  return awq_cpu_activations(cpu_simd()) == AwqCpuActivations::Int8 ? AwqLayout::Slab8 : AwqLayout::AutoAwq;
 }
 
 }  // namespace
@@ -109,9 +116,16 @@ TEST(awq_dequantize_worked_example) {
   std::vector<float> x(K, 1.0f), y(N);
   auto s = cpu();
   // (Ones quantize to 127 · (1 / 127): within 1e-7 of 1.)
+  std::vector<int32_t> slab(qweight.size());
+  awq_repack_slab8_reference(qweight.data(), slab.data(), K, N);
   for (const GemvPath& path : gemv_paths()) {
-    const AwqLinearArgs a{x.data(), K, DType::Float32, w, nullptr, DType::Float32, y.data(), N, DType::Float32, 1};
-    awq_linear_many_cpu(&a, 1, *s, path.simd, path.activations);
+    AwqWeight pw = w;
+    if (path.layout == AwqLayout::Slab8) {
+      pw.qweight = slab.data();
+      pw.layout = AwqLayout::Slab8;
+    }
+    const AwqLinearArgs a{x.data(), K, DType::Float32, pw, nullptr, DType::Float32, y.data(), N, DType::Float32, 1};
+    awq_linear_many_cpu(&a, 1, *s, path.simd);
     s->synchronize();
     for (int64_t n = 0; n < N; ++n) CHECK(std::fabs(y[n] - 128 * f16.get(n)) <= (1e-5 + kCpuWeightError) * 128 * std::fabs(f16.get(n)), path.name(), " n ", n, ": ", y[n]);
   }
@@ -125,6 +139,10 @@ TEST(awq_dequantize_bit_exact_against_the_reference) {
     std::vector<float> ref(shape.K * shape.N);
     awq_dequantize_reference(w, ref.data());
     const HostTensor f16 = dequantize(w, DType::Float16), f32 = dequantize(w, DType::Float32);
+    if (t.has(AwqLayout::Slab8)) {  // the same weight in the Slab8 layout: the same W, bit for bit
+      const HostTensor slab16 = dequantize(t.weight(AwqLayout::Slab8), DType::Float16);
+      CHECK(slab16.bytes == f16.bytes, "slab8 dequantize differs, K ", shape.K, " N ", shape.N, " G ", shape.G);
+    }
     for (int64_t i = 0; i < shape.K * shape.N; ++i) {
       const int64_t k = i / shape.N, n = i % shape.N;
       CHECK(ref[i] == test::awq_weight_from_spec(w, k, n), "reference vs spec at k ", k, " n ", n, " G ", shape.G);
@@ -149,12 +167,13 @@ TEST(awq_linear_cpu_grid_every_group_size_every_path) {
       const DType x = kFloats[k % 3], o = kFloats[(k / 3) % 3];
       const test::AwqLinearCase c(x, o, k % 2 == 0, M, shape.K, shape.N, shape.G, k % 4 == 1, seed++);
       for (const GemvPath& path : gemv_paths()) {
+        if (!c.w.has(path.layout)) continue;  // K not a multiple of 32: no Slab8 form
         HostTensor out = c.make_out();
         auto s = cpu();
-        const AwqLinearArgs a = c.args(out.data());
-        awq_linear_many_cpu(&a, 1, *s, path.simd, path.activations);
+        const AwqLinearArgs a = c.args(out.data(), path.layout);
+        awq_linear_many_cpu(&a, 1, *s, path.simd);
         s->synchronize();
-        check_cpu(c, out, path.activations, "cpu " + path.name());
+        check_cpu(c, out, path.layout, "cpu " + path.name());
       }
     }
 }
@@ -165,10 +184,10 @@ TEST(awq_linear_cpu_llama_shapes) {
     const test::AwqLinearCase c(DType::Float16, DType::Float16, false, M, 2048, 1024, G, false, static_cast<uint32_t>(M));
     HostTensor out = c.make_out();
     auto s = cpu();
-    awq_linear(c.args(out.data()), *s);
+    awq_linear(c.args(out.data(), loader_layout()), *s);
     s->synchronize();
-    const std::string what = test::str("cpu dispatch (", cpu_simd_name(cpu_simd()), ")");
-    check_cpu(c, out, awq_cpu_activations(cpu_simd()), what);
+    const std::string what = test::str("cpu dispatch (", cpu_simd_name(cpu_simd()), ", ", awq_layout_name(loader_layout()), ")");
+    check_cpu(c, out, loader_layout(), what);
   }
 }
 
@@ -187,18 +206,18 @@ TEST(awq_linear_many_equals_awq_linear_on_each) {
         many.push_back(c.make_out());
         one.push_back(c.make_out());
       }
-      for (size_t i = 0; i < cases.size(); ++i) args.push_back(cases[i].args(cases[0].x.data(), cases[i].w.weight(), cases[i].bias.data(), many[i].data()));
+      for (size_t i = 0; i < cases.size(); ++i) args.push_back(cases[i].args(cases[0].x.data(), cases[i].w.weight(path.layout), cases[i].bias.data(), many[i].data()));
       auto s = cpu();
-      awq_linear_many_cpu(args.data(), args.size(), *s, path.simd, path.activations);
+      awq_linear_many_cpu(args.data(), args.size(), *s, path.simd);
       for (size_t i = 0; i < cases.size(); ++i) {
         AwqLinearArgs a = args[i];
         a.out = one[i].data();
-        awq_linear_many_cpu(&a, 1, *s, path.simd, path.activations);
+        awq_linear_many_cpu(&a, 1, *s, path.simd);
       }
       s->synchronize();
       for (size_t i = 0; i < cases.size(); ++i)
         CHECK(many[i].bytes == one[i].bytes, "awq_linear_many differs from awq_linear: ", path.name(), " M ", M, " op ", i);
-      check_cpu(cases[0], many[0], path.activations, "awq_linear_many cpu " + path.name());
+      check_cpu(cases[0], many[0], path.layout, "awq_linear_many cpu " + path.name());
     }
 }
 
@@ -231,10 +250,10 @@ TEST(awq_int8_gemv_non_finite_and_zero_activations) {
   for (const GemvPath& path : gemv_paths()) {
     HostTensor x = c.x, out = c.make_out();
     for (int64_t k = 0; k < 256; ++k) x.set(k, 0.0);
-    x.set(256 + 100, path.activations == AwqCpuActivations::Int8 ? INFINITY : std::nan(""));
-    AwqLinearArgs a = c.args(x.data(), c.w.weight(), c.bias.data(), out.data());
+    x.set(256 + 100, path.layout == AwqLayout::Slab8 ? INFINITY : std::nan(""));
+    AwqLinearArgs a = c.args(x.data(), c.w.weight(path.layout), c.bias.data(), out.data());
     auto s = cpu();
-    awq_linear_many_cpu(&a, 1, *s, path.simd, path.activations);
+    awq_linear_many_cpu(&a, 1, *s, path.simd);
     s->synchronize();
     for (int64_t n = 0; n < 72; ++n) {
       CHECK(out.get(n) == c.bias.get(n), path.name(), " zero row, n ", n, ": ", out.get(n));
@@ -284,13 +303,95 @@ TEST(awq_ops_reject_bad_arguments) {
   AwqWeight bad = c.w.weight();
   bad.group_size = 256;
   expect_error(ErrorCode::Unsupported, "awq_dequantize: group size 256", [&] { awq_dequantize({bad, w.data(), DType::Float16}, *s); });
-  a = c.args(out.data());
-  expect_error(ErrorCode::Unsupported, "awq_linear: int8 activations need the avx2 path (this call runs the portable one)",
-               [&] { awq_linear_many_cpu(&a, 1, *s, CpuSimd::Portable, AwqCpuActivations::Int8); });
+  a = c.args(out.data(), AwqLayout::Slab8);
+  expect_error(ErrorCode::Unsupported, "awq_linear: a slab8 weight needs the avx2 path (this call runs the portable one)",
+               [&] { awq_linear_many_cpu(&a, 1, *s, CpuSimd::Portable); });
+  const test::AwqTensors odd(80, 16, 80, 4);  // one group of 80 rows: no Slab8 form
+  a.weight = odd.weight();
+  a.weight.layout = AwqLayout::Slab8;
+  expect_error(ErrorCode::InvalidArgument, "awq_linear: the slab8 layout needs in_features a multiple of 32, got 80", [&] { awq_linear(a, *s); });
+  a.weight.layout = static_cast<AwqLayout>(7);
+  expect_error(ErrorCode::InvalidArgument, "awq_linear: layout 7 is not a layout (0: autoawq, 1: slab8)", [&] { awq_linear(a, *s); });
+  std::vector<int32_t> dst(odd.qweight.size());
+  expect_error(ErrorCode::InvalidArgument, "awq_repack: the slab8 layout needs in_features a multiple of 32, got 80",
+               [&] { awq_repack({odd.weight(), dst.data()}, *s); });
+  expect_error(ErrorCode::InvalidArgument, "awq_repack: the weight is already slab8",
+               [&] { awq_repack({c.w.weight(AwqLayout::Slab8), dst.data()}, *s); });
   // One group of any length is fine (a checkpoint's −1): 128 here.
   a = c.args(out.data());
   a.weight.group_size = 128;
   a.weight.qzeros = c.w.qzeros.data();
   awq_linear(a, *s);
   s->synchronize();
+}
+
+// ---- the Slab8 layout ----------------------------------------------------------------------------
+
+TEST(awq_slab8_layout_matches_its_definition) {
+  // The header's reference repack against the layout written out again (awq_reference.h), and the
+  // awq_repack op (out of place and in place, on the thread pool) against the reference, bit for bit.
+  uint32_t seed = 300;
+  for (auto [K, N] : {std::pair<int64_t, int64_t>{32, 8}, {64, 72}, {256, 200}, {1024, 1536}}) {
+    const test::AwqTensors t(K, N, 32, seed++);
+    const AwqWeight w = t.weight(), slab = t.weight(AwqLayout::Slab8);
+    for (int64_t k = 0; k < K; ++k)
+      for (int64_t n = 0; n < N; ++n) {
+        const int q = test::awq_code_from_spec(static_cast<uint32_t>(t.qweight[k * (N / 8) + n / 8]), static_cast<int>(n % 8));
+        CHECK(test::awq_slab_code_from_spec(t.slab.data(), N, k, n) == q, "slab8 vs autoawq at k ", k, " n ", n, " K ", K, " N ", N);
+        CHECK(awq_weight_code(slab, k, n) == q && awq_weight_code(w, k, n) == q, "awq_weight_code at k ", k, " n ", n);
+      }
+    auto s = cpu();
+    std::vector<int32_t> out(t.qweight.size(), 0x5A5A5A5A), in_place = t.qweight;
+    awq_repack({w, out.data()}, *s);
+    AwqWeight own = w;
+    own.qweight = in_place.data();
+    awq_repack({own, in_place.data()}, *s);
+    s->synchronize();
+    CHECK(out == t.slab, "awq_repack out of place, K ", K, " N ", N);
+    CHECK(in_place == t.slab, "awq_repack in place, K ", K, " N ", N);
+  }
+}
+
+TEST(awq_slab8_gemm_equals_autoawq_bit_for_bit) {
+  // M > 8 multiplies float32 x by exactly W in either layout: the same panels, the same bits.
+  if (!cpu_simd_supported(CpuSimd::Avx2)) {
+    std::printf("  (skipped: this CPU has no avx2 path, and Slab8 weights run only there)\n");
+    return;
+  }
+  uint32_t seed = 400;
+  for (int64_t M : {9, 40, 130})
+    for (auto [K, N, G] : {std::tuple<int64_t, int64_t, int64_t>{256, 200, 64}, {512, 136, 128}, {96, 64, 96}}) {
+      const test::AwqLinearCase c(DType::Float16, DType::Float32, M == 40, M, K, N, G, M == 9, seed++);
+      HostTensor a = c.make_out(), b = c.make_out();
+      auto s = cpu();
+      const AwqLinearArgs x = c.args(a.data(), AwqLayout::AutoAwq), y = c.args(b.data(), AwqLayout::Slab8);
+      awq_linear_many_cpu(&x, 1, *s, CpuSimd::Avx2);
+      awq_linear_many_cpu(&y, 1, *s, CpuSimd::Avx2);
+      s->synchronize();
+      CHECK(a.bytes == b.bytes, "slab8 gemm differs from autoawq: M ", M, " K ", K, " N ", N, " G ", G);
+      c.check(b, kCpuWeightError, "cpu avx2 slab8 gemm");
+    }
+}
+
+TEST(awq_linear_many_mixes_layouts) {
+  // One call over an AutoAWQ and a Slab8 weight of the same x: each as awq_linear on its own.
+  if (!cpu_simd_supported(CpuSimd::Avx2)) {
+    std::printf("  (skipped: this CPU has no avx2 path, and Slab8 weights run only there)\n");
+    return;
+  }
+  const test::AwqLinearCase c0(DType::Float32, DType::Float32, false, 2, 256, 64, 128, false, 500);
+  const test::AwqLinearCase c1(DType::Float32, DType::Float32, false, 2, 256, 40, 128, false, 501);
+  HostTensor m0 = c0.make_out(), m1 = c1.make_out(), o0 = c0.make_out(), o1 = c1.make_out();
+  const AwqLinearArgs args[2] = {c0.args(m0.data(), AwqLayout::AutoAwq), c1.args(c0.x.data(), c1.w.weight(AwqLayout::Slab8), nullptr, m1.data())};
+  auto s = cpu();
+  awq_linear_many_cpu(args, 2, *s, CpuSimd::Avx2);
+  AwqLinearArgs a = args[0];
+  a.out = o0.data();
+  awq_linear_many_cpu(&a, 1, *s, CpuSimd::Avx2);
+  a = args[1];
+  a.out = o1.data();
+  awq_linear_many_cpu(&a, 1, *s, CpuSimd::Avx2);
+  s->synchronize();
+  CHECK(m0.bytes == o0.bytes && m1.bytes == o1.bytes, "awq_linear_many over mixed layouts differs from awq_linear on each");
+  c0.check(m0, kCpuWeightError, "mixed: autoawq");
 }
