@@ -1,7 +1,7 @@
 // The CPU AWQ int4 kernels (include/pagedllm/awq.h, awq_linear): the inner
 // loops that cpu/awq.cpp splits over the thread pool.
 //
-// - gemv (M ≤ kAwqGemvMaxRows): rows [k0, k1), words [word0, word1) against
+// - gemv (M ≤ kAwqGemvMaxRows, AutoAWQ weights, float32 x): rows [k0, k1), words [word0, word1) against
 //   M float32 activation rows. A strip is L consecutive words (L = 8 with
 //   AVX2: 64 columns, 32 bytes per row); slot i of all L words is unpacked at
 //   once — masked in place and converted, q·16^i, the power of two undone per
@@ -20,6 +20,8 @@
 //   ~0.4 ms at 20 GB/s; per 8 codes the loop issues an AND, a convert and an
 //   FMA (3.25 vector µops with the load and broadcast shared by 64 codes), so
 //   two AVX2 cores only just keep up with DRAM — every µop counts here.
+// - gemv_i8 (M ≤ kAwqGemvMaxRows, AVX2, Slab8 weights, x quantized to int8): the decode path of
+//   a model loaded on an AVX2 CPU; see its section below.
 // - gemm_block (larger M): a block of ≤ kAwqGemmNB columns × all M rows.
 //   K is walked in steps of kAwqGemmKC; each step dequantizes the block to
 //   exactly W (float32 values of float16, natural column order — the words are
