@@ -197,6 +197,65 @@ void run_gemm(const AwqLinearArgs& a, CpuSimd simd) {
   });
 }
 
+// The int8 GEMM over a Slab8 weight (AVX2): x quantized and packed in 6-row panels once per call
+// (threads over panels), then tasks of a few column octets, each over every panel.
+void run_gemm_i8(const AwqLinearArgs& a) {
+  using namespace awq_kernels;
+  constexpr int64_t MR = kAwqI8PanelRows, B = awq::kActivationBlock;
+  const AwqWeight& w = a.weight;
+  const int64_t M = a.num_tokens, K = w.in_features, N = w.out_features, G = w.group_size;
+  const int64_t panels = (M + MR - 1) / MR, blocks = K / B, groups = K / G;
+  thread_local std::vector<int8_t> xq_storage;  // reused across calls (see run_row_jobs)
+  thread_local std::vector<float> xd_storage, xs_storage;
+  xq_storage.resize(panels * blocks * MR * B);
+  xd_storage.resize(panels * blocks * MR);
+  xs_storage.resize(panels * groups * MR);
+  int8_t* const xq = xq_storage.data();
+  float* const xd = xd_storage.data();
+  float* const xs = xs_storage.data();
+  ThreadPool& pool = ThreadPool::global();
+  pool.parallel_for(panels, 1, [&](int64_t p0, int64_t p1) {
+    thread_local std::vector<float> row, scale, sum;
+    thread_local std::vector<int8_t> codes;
+    row.resize(K);
+    codes.resize(K);
+    scale.resize(blocks);
+    sum.resize(blocks);
+    for (int64_t p = p0; p < p1; ++p)
+      for (int64_t r = 0; r < MR; ++r) {
+        const int64_t m = p * MR + r;
+        if (m < M) {
+          load_row(a.x, a.x_dtype, m * a.x_stride, K, row.data());
+          quantize_activations_avx2(row.data(), K, codes.data(), scale.data(), sum.data());
+        } else {  // padding rows: zero codes and scales
+          std::fill(codes.begin(), codes.end(), int8_t{0});
+          std::fill(scale.begin(), scale.end(), 0.0f);
+          std::fill(sum.begin(), sum.end(), 0.0f);
+        }
+        for (int64_t b = 0; b < blocks; ++b) {
+          std::memcpy(xq + ((p * blocks + b) * MR + r) * B, codes.data() + b * B, B);
+          xd[(p * blocks + b) * MR + r] = scale[b];
+        }
+        for (int64_t g = 0; g < groups; ++g) {
+          float sx = 0.0f;  // in block order, as the gemv sums them
+          for (int64_t b = g * (G / B); b < (g + 1) * (G / B); ++b) sx += sum[b];
+          xs[(p * groups + g) * MR + r] = sx;
+        }
+      }
+  });
+  constexpr int64_t kOctets = 4;  // columns per task: 32
+  const int64_t tasks = (N / 8 + kOctets - 1) / kOctets;
+  pool.parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
+    thread_local AlignedFloats c;
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n0 = t * kOctets * 8, nb = std::min(kOctets * 8, N - n0);
+      AwqGemmI8Job job{xq, xd, xs, panels, &w, n0, nb, c.get(panels * MR * kOctets * 8), kOctets * 8};
+      gemm_i8_avx2(job);
+      out_of(a).store_tile(job.c, job.ldc, 0, M, n0, nb);
+    }
+  });
+}
+
 void run_awq_linears(const std::vector<AwqLinearArgs>& ops, CpuSimd simd) {
   if (ops.empty() || ops.front().num_tokens == 0) return;
   if (ops.front().num_tokens <= awq_kernels::kAwqGemvMaxRows) {  // each layout's ops as one pass
@@ -206,7 +265,10 @@ void run_awq_linears(const std::vector<AwqLinearArgs>& ops, CpuSimd simd) {
     if (!autoawq.empty()) run_gemv(autoawq, simd);
     return;
   }
-  for (const AwqLinearArgs& a : ops) run_gemm(a, simd);
+  for (const AwqLinearArgs& a : ops) {
+    if (a.weight.layout == AwqLayout::Slab8) run_gemm_i8(a);
+    else run_gemm(a, simd);
+  }
 }
 
 // awq_linear_many's ops must share the input (and the group size: the activations' block sums).

@@ -106,6 +106,25 @@ struct AwqGemvI8Job {
 };
 constexpr int64_t awq_gemv_i8_scratch_floats(int64_t m, int64_t n) { return m * n; }
 void gemv_i8_avx2(const AwqGemvI8Job& job);
+
+// ---- gemm with int8 activations over a Slab8 weight (AVX2 only) -------------------------------
+// The same arithmetic as gemv_i8 for any M: x quantized per 16 values and packed in 6-row panels;
+// a task is a range of column octets, each multiplied by every panel with a 6 × 8 register tile
+// over all of K (the octet's K/8 words, 4·K bytes, stay in L1 across the panels): per 16-row block
+// 2 loads and 6 unpacking ops, then per row 4 vpmaddubsw, 3 adds, a vpmaddwd, a convert and an FMA
+// by the block's scale — 128 multiply-adds in 11 vector ops, where the float32 tile needs 16 FMAs.
+constexpr int64_t kAwqI8PanelRows = 6;
+struct AwqGemmI8Job {
+  const int8_t* xq;      // [panels][K/16][6][16] codes (rows past M zero)
+  const float* xscale;   // [panels][K/16][6]: d_b
+  const float* xsum;     // [panels][K/G][6]: Σ_{b ∈ g} d_b · Σ c
+  int64_t panels;
+  const AwqWeight* w;    // layout Slab8
+  int64_t n0, nb;        // columns [n0, n0 + nb), multiples of 8
+  float* c;              // [panels · 6][ldc]: c[r · ldc + j] = Σ_k x̂[r, k] · W[k, n0 + j] (overwritten)
+  int64_t ldc;
+};
+void gemm_i8_avx2(const AwqGemmI8Job& job);
 // awq_quantize_activations of x[0, n) with AVX2 (the same codes and scales), plus sums[b] = d_b · Σ c.
 void quantize_activations_avx2(const float* x, int64_t n, int8_t* codes, float* scales, float* sums);
 
@@ -486,6 +505,56 @@ inline void gemv_i8_m(const AwqGemvI8Job& job) {
 
 inline void gemv_i8(const AwqGemvI8Job& job) {
   with_rows(job.m, [&](auto m) { gemv_i8_m<decltype(m)::value>(job); });
+}
+
+inline __m256i broadcast4(const int8_t* p) {
+  int32_t v;
+  std::memcpy(&v, p, 4);
+  return _mm256_set1_epi32(v);
+}
+
+inline void gemm_i8(const AwqGemmI8Job& job) {
+  constexpr int MR = static_cast<int>(kAwqI8PanelRows);
+  const AwqWeight& w = *job.w;
+  const int64_t K = w.in_features, N = w.out_features, G = w.group_size, B = awq::kActivationBlock;
+  const int64_t blocks = K / B, groups = K / G, per_group = G / B;
+  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), fifteen = _mm256_set1_epi32(15);
+  const __m256i shifts = _mm256_setr_epi32(awq::column_shift(0), awq::column_shift(1), awq::column_shift(2), awq::column_shift(3),
+                                           awq::column_shift(4), awq::column_shift(5), awq::column_shift(6), awq::column_shift(7));
+  for (int64_t o = 0; o < job.nb / 8; ++o) {
+    const int64_t j = job.n0 / 8 + o;  // the octet: columns 8j … 8j+7
+    const int32_t* const wcol = w.qweight + 8 * j;  // slab r's words at wcol + r · N
+    for (int64_t p = 0; p < job.panels; ++p) {
+      const int8_t* const xq = job.xq + p * blocks * MR * B;
+      const float* const xd = job.xscale + p * blocks * MR;
+      const float* const xs = job.xsum + p * groups * MR;
+      float* const c = job.c + p * MR * job.ldc + 8 * o;
+      __m256 y[MR];
+      for (int m = 0; m < MR; ++m) y[m] = _mm256_setzero_ps();
+      for (int64_t g = 0; g < groups; ++g) {
+        __m256 f[MR];
+        for (int m = 0; m < MR; ++m) f[m] = _mm256_setzero_ps();
+        for (int64_t b = g * per_group; b < (g + 1) * per_group; ++b) {
+          const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wcol + (2 * b) * N));
+          const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wcol + (2 * b + 1) * N));
+          const __m256i l0 = _mm256_and_si256(v0, low), h0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low);
+          const __m256i l1 = _mm256_and_si256(v1, low), h1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low);
+          const int8_t* const xb = xq + b * MR * B;
+#pragma GCC unroll 6
+          for (int m = 0; m < MR; ++m) {
+            const int8_t* const r = xb + m * B;
+            const __m256i q = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(l0, broadcast4(r)), _mm256_maddubs_epi16(h0, broadcast4(r + 4))),
+                                               _mm256_add_epi16(_mm256_maddubs_epi16(l1, broadcast4(r + 8)), _mm256_maddubs_epi16(h1, broadcast4(r + 12))));
+            f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(q, ones)), _mm256_broadcast_ss(xd + b * MR + m), f[m]);
+          }
+        }
+        const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales + g * N + 8 * j)));
+        const __m256 zv = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(w.qzeros[g * (N / 8) + j]), shifts), fifteen));
+        for (int m = 0; m < MR; ++m) y[m] = _mm256_fmadd_ps(sv, _mm256_fnmadd_ps(zv, _mm256_broadcast_ss(xs + g * MR + m), f[m]), y[m]);
+      }
+      for (int m = 0; m < MR; ++m) _mm256_storeu_ps(c + m * job.ldc, y[m]);
+    }
+  }
 }
 
 #endif  // PAGEDLLM_TILE_AVX2

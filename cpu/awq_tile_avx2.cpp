@@ -29,6 +29,7 @@ namespace pagedllm::awq_kernels {
 void gemv_avx2(const AwqGemvJob& job) { avx2::gemv(job); }
 void gemm_block_avx2(const AwqGemmJob& job) { avx2::gemm_block(job); }
 void gemv_i8_avx2(const AwqGemvI8Job& job) { avx2::gemv_i8(job); }
+void gemm_i8_avx2(const AwqGemmI8Job& job) { avx2::gemm_i8(job); }
 void quantize_activations_avx2(const float* x, int64_t n, int8_t* codes, float* scales, float* sums) {
   avx2::quantize_activations(x, n, codes, scales, sums);
 }
@@ -47,6 +48,7 @@ void gemv_avx2(const AwqGemvJob& job) { gemv_portable(job); }  // never chosen o
 void gemm_block_avx2(const AwqGemmJob& job) { gemm_block_portable(job); }
 // Never chosen off x86-64 (awq.cpp takes the int8 gemv, over slab8 weights, only on the AVX2 path).
 void gemv_i8_avx2(const AwqGemvI8Job&) { PAGEDLLM_FAIL(Unsupported, "awq_linear: a slab8 weight needs AVX2"); }
+void gemm_i8_avx2(const AwqGemmI8Job&) { PAGEDLLM_FAIL(Unsupported, "awq_linear: a slab8 weight needs AVX2"); }
 void quantize_activations_avx2(const float*, int64_t, int8_t*, float*, float*) {
   PAGEDLLM_FAIL(Unsupported, "awq_linear: int8 activations need AVX2");
 }

@@ -212,12 +212,13 @@ inline void awq_quantize_activations(const float* x, int64_t n, int8_t* codes, f
 //   CPU:  M ≤ 8: a GEMV that streams the packed words once for all M rows (threads over row
 //         ranges of K, each a contiguous stretch of memory), unpacking nibbles in registers and
 //         applying each group's scale and zero point to per-group sums:
-//         Σ_k x·W = Σ_g s·(Σ_{k∈g} x·q − z·Σ_{k∈g} x). Its arithmetic follows the layout: AutoAwq
-//         multiplies float32 x (the products are not rounded to float16, so each term may differ
-//         from x·W by half a float16 ulp of W; tests allow it); Slab8 (AVX2 only) quantizes x to
-//         int8 first (AwqCpuActivations below: faster, a bounded error). M > 8: a cache-blocked
-//         GEMM over panels dequantized to exactly W (float32), 6 × 16 register tiles, threads over
-//         N, either layout. AVX2+FMA+F16C or portable C++ (cpu_simd()); no AVX-512 variant yet.
+//         Σ_k x·W = Σ_g s·(Σ_{k∈g} x·q − z·Σ_{k∈g} x); AutoAwq weights multiply float32 x (the
+//         products are not rounded to float16, so each term may differ from x·W by half a float16
+//         ulp of W; tests allow it). M > 8, AutoAwq: a cache-blocked GEMM over panels dequantized to
+//         exactly W (float32), 6 × 16 register tiles, threads over N. Slab8 weights (AVX2 only), at
+//         any M: x quantized to int8 first (AwqCpuActivations below: faster, a bounded error), then
+//         the gemv's int8 arithmetic — for M > 8 a GEMM of 6 × 8 register tiles over 6-row panels
+//         of x, threads over N. AVX2+FMA+F16C or portable C++ (cpu_simd()); no AVX-512 variant yet.
 //   CUDA: M small: a fused GEMV (the words read once, 16-byte loads, K split across warps); larger M:
 //         a fused tensor-core GEMM (mma.sync m16n8k16, sm_80+, float16/bfloat16 x: W is rounded to
 //         x's dtype, so bfloat16 x sees W to bfloat16 precision) or a float32 SIMT GEMM (sm_75,
@@ -242,14 +243,13 @@ void awq_linear_cuda(const AwqLinearArgs& args, Stream& stream);
 // a CPU without it.
 void awq_linear_cpu(const AwqLinearArgs& args, Stream& stream, CpuSimd simd);
 
-// The arithmetic of the CPU gemv (M ≤ 8; larger M always multiplies float32 x by exactly W), set by
-// the weight's layout:
+// The arithmetic of the CPU kernels, set by the weight's layout:
 //   Float32 (AutoAwq): x as given (see awq_linear above).
 //   Int8 (Slab8):      x quantized per 16 values (awq_quantize_activations) and multiplied by the codes
 //            in integers (AVX2 vpmaddubsw), the scales and zero points applied per block and group in
-//            float32 — several times the float32 path's speed, so decode streams the weights at
-//            memory speed. The result is Σ x̂ · W (each term within half a float16 ulp of W, as
-//            Float32), which differs from Σ x · W by at most Σ_k |W[k, n]| · |x[k] − x̂[k]| ≤
+//            float32 — several times the float32 kernels' speed: decode streams the weights at
+//            memory speed, and prefill does 128 multiply-adds in 11 vector ops. The result is
+//            Σ x̂ · W (each term within half a float16 ulp of W, as Float32), which differs from Σ x · W by at most Σ_k |W[k, n]| · |x[k] − x̂[k]| ≤
 //            Σ_k |W[k, n]| · d_b / 2 (about 0.4 % of max|x| per block: llama.cpp's Q8_0 activations
 //            make the same trade). The avx2 path only (ERR_UNSUPPORTED on another).
 // awq_cpu_activations: which one a model loaded on this CPU uses — Int8 on the avx2 path (the loader

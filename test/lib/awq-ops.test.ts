@@ -103,9 +103,9 @@ function quantizeActivations(x: ArrayLike<number>, M: number, K: number): Float6
     }
   return out;
 }
-// What the CPU multiplies x by at M tokens: x̂ where the gemv (M ≤ 8, a slab8 weight) quantizes it, else x.
+// What the CPU multiplies x by: x̂ over a slab8 weight (quantized to int8 at any M), else x.
 function effectiveX(x: ArrayLike<number>, M: number, K: number, layout: AwqLayout): ArrayLike<number> {
-  return M <= 8 && layout === 'slab8' ? quantizeActivations(x, M, K) : x;
+  return layout === 'slab8' ? quantizeActivations(x, M, K) : x;
 }
 // The layouts this CPU runs: the checkpoint's, and slab8 where the gemv takes int8 activations.
 const LAYOUTS: AwqLayout[] = devices().cpu.awqActivations === 'int8' ? ['autoawq', 'slab8'] : ['autoawq'];
