@@ -89,8 +89,8 @@ struct AwqGemmJob {
 // in int16), the four products added (|Σ| ≤ 16 · 15 · 127 / 2 = 15240 < 2^15 per int16 lane) and
 // the two lanes of a column summed into int32 (vpmaddwd by ones) — then per block acc += d_b · Σ c·q
 // in float32 and per group y += s · (acc − z · Σ_b d_b · Σ c), all in natural column order. Each
-// block reads two contiguous runs of 4·N bytes (its slabs) and requests the next block's.
-constexpr int64_t kAwqI8BlockRows = 32;  // jobs are ranges of whole 32-row blocks
+// 32-row step reads four contiguous runs of 4·N bytes (its slabs) and requests the next step's.
+constexpr int64_t kAwqI8BlockRows = 32;  // rows per step; jobs are ranges of whole steps
 struct AwqGemvI8Job {
   const int8_t* xq;      // [m, xq_stride] codes; xq_stride ≥ K
   int64_t xq_stride;
@@ -438,56 +438,71 @@ inline void quantize_activations(const float* x, int64_t n, int8_t* codes, float
   }
 }
 
+// Σ c·q of one 16-row block (slabs v0, v1) for one octet, per column: int32 → float32.
+inline __m256 block_sum(__m256i v0, __m256i v1, const __m256i (&x)[4]) {
+  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const __m256i l0 = _mm256_and_si256(v0, low), h0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low);
+  const __m256i l1 = _mm256_and_si256(v1, low), h1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low);
+  const __m256i p = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(l0, x[0]), _mm256_maddubs_epi16(h0, x[1])),
+                                     _mm256_add_epi16(_mm256_maddubs_epi16(l1, x[2]), _mm256_maddubs_epi16(h1, x[3])));
+  return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+}
+
+// Steps of 32 rows (two activation blocks, four slabs: jobs and groups are whole steps), so each
+// octet's running sum is loaded and stored once per 32 rows; a group's first step writes it (no
+// clearing pass), and so does the job's first group end write y. (Splitting N instead of K, which
+// would need no partial sums, was measured slower: a column range is a short run of every slab,
+// 512 bytes at a 4·N stride, where a row range is one contiguous stretch the prefetchers follow.)
 template <int M>
 inline void gemv_i8_m(const AwqGemvI8Job& job) {
   const AwqWeight& w = *job.w;
-  const int64_t N = w.out_features, G = w.group_size, octets = N / 8, B = awq::kActivationBlock;
-  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), fifteen = _mm256_set1_epi32(15);
+  const int64_t N = w.out_features, G = w.group_size, octets = N / 8, B = awq::kActivationBlock, S = kAwqI8BlockRows;
+  const __m256i fifteen = _mm256_set1_epi32(15);
   const __m256i shifts = _mm256_setr_epi32(awq::column_shift(0), awq::column_shift(1), awq::column_shift(2), awq::column_shift(3),
                                            awq::column_shift(4), awq::column_shift(5), awq::column_shift(6), awq::column_shift(7));
   float* const facc = job.scratch;  // [M][N]: the group's Σ_b d_b · Σ c·q so far
-  for (int i = 0; i < M; ++i) std::memset(job.y + i * job.ldy, 0, N * sizeof(float));
-  {  // the job's first block has no block before it to request it: ask for it all now
+  {  // the job's first step has no step before it to request it: ask for it all now
     const int32_t* p = w.qweight + (job.k0 / 8) * N;
-    for (int64_t e = 0; e < 2 * N; e += 16) __builtin_prefetch(p + e, 0, 2);
+    for (int64_t e = 0; e < 4 * N; e += 16) __builtin_prefetch(p + e, 0, 2);
   }
   float sx[M] = {};
-  for (int64_t k = job.k0; k < job.k1; k += B) {
+  bool y_written = false;
+  for (int64_t k = job.k0; k < job.k1; k += S) {
     const int64_t b = k / B, g = k / G;
-    if (k == job.k0 || k % G == 0) {
-      std::memset(facc, 0, M * N * sizeof(float));
-      for (int i = 0; i < M; ++i) sx[i] = 0.0f;
-    }
-    __m256i xc[M][4];
-    __m256 d[M];
+    const bool group_start = k == job.k0 || k % G == 0;
+    __m256i xc[M][8];  // codes of rows k … k+31, 4 at a time
+    __m256 d0[M], d1[M];
     for (int i = 0; i < M; ++i) {
-      int32_t quad[4];  // codes of rows k … k+3, k+4 … k+7, k+8 … k+11, k+12 … k+15
-      std::memcpy(quad, job.xq + i * job.xq_stride + k, sizeof quad);
-      for (int t = 0; t < 4; ++t) xc[i][t] = _mm256_set1_epi32(quad[t]);
-      d[i] = _mm256_set1_ps(job.xscale[i * job.xblocks + b]);
+      int32_t quads[8];
+      std::memcpy(quads, job.xq + i * job.xq_stride + k, sizeof quads);
+      for (int t = 0; t < 8; ++t) xc[i][t] = _mm256_set1_epi32(quads[t]);
+      d0[i] = _mm256_set1_ps(job.xscale[i * job.xblocks + b]);
+      d1[i] = _mm256_set1_ps(job.xscale[i * job.xblocks + b + 1]);
+      if (group_start) sx[i] = 0.0f;
       sx[i] += job.xsum[i * job.xblocks + b];
+      sx[i] += job.xsum[i * job.xblocks + b + 1];
     }
-    const int32_t* const s0 = w.qweight + (k / 8) * N;  // rows k … k+7
-    const int32_t* const s1 = s0 + N;                   // rows k+8 … k+15
-    const bool next = k + B < w.in_features;
+    const int32_t* const s0 = w.qweight + (k / 8) * N;  // slabs of rows k … k+31: s0 + t·N, t < 4
+    const bool next = k + S < w.in_features;
     for (int64_t j = 0; j < octets; ++j) {
-      if (next && (j & 1) == 0) {  // the next block, 64 bytes of each slab per 64 bytes read here
-        __builtin_prefetch(s0 + 2 * N + 8 * j, 0, 2);
-        __builtin_prefetch(s1 + 2 * N + 8 * j, 0, 2);
-      }
+      if (next && (j & 1) == 0)  // the next step, 64 bytes of each slab per 64 bytes read here
+        for (int t = 4; t < 8; ++t) __builtin_prefetch(s0 + t * N + 8 * j, 0, 2);
       const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s0 + 8 * j));
-      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s1 + 8 * j));
-      const __m256i l0 = _mm256_and_si256(v0, low), h0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low);
-      const __m256i l1 = _mm256_and_si256(v1, low), h1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low);
+      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s0 + N + 8 * j));
+      const __m256i v2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s0 + 2 * N + 8 * j));
+      const __m256i v3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s0 + 3 * N + 8 * j));
 #pragma GCC unroll 8
       for (int i = 0; i < M; ++i) {
-        const __m256i p = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(l0, xc[i][0]), _mm256_maddubs_epi16(h0, xc[i][1])),
-                                           _mm256_add_epi16(_mm256_maddubs_epi16(l1, xc[i][2]), _mm256_maddubs_epi16(h1, xc[i][3])));
         float* const f = facc + i * N + 8 * j;
-        _mm256_storeu_ps(f, _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones)), d[i], _mm256_loadu_ps(f)));
+        const __m256i(&x)[8] = xc[i];
+        const __m256i lo[4] = {x[0], x[1], x[2], x[3]}, hi[4] = {x[4], x[5], x[6], x[7]};
+        // Block b then block b + 1, each one rounding: the same sums as one block at a time.
+        const __m256 first = group_start ? _mm256_mul_ps(block_sum(v0, v1, lo), d0[i])
+                                         : _mm256_fmadd_ps(block_sum(v0, v1, lo), d0[i], _mm256_loadu_ps(f));
+        _mm256_storeu_ps(f, _mm256_fmadd_ps(block_sum(v2, v3, hi), d1[i], first));
       }
     }
-    if (k + B == job.k1 || (k + B) % G == 0) {  // the group (or the job's part of it) ends here
+    if (k + S == job.k1 || (k + S) % G == 0) {  // the group (or the job's part of it) ends here
       const uint16_t* const srow = w.scales + g * N;
       const int32_t* const zrow = w.qzeros + g * octets;
       for (int64_t j = 0; j < octets; ++j) {
@@ -495,10 +510,11 @@ inline void gemv_i8_m(const AwqGemvI8Job& job) {
         const __m256 zv = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(zrow[j]), shifts), fifteen));
         for (int i = 0; i < M; ++i) {
           float* const y = job.y + i * job.ldy + 8 * j;
-          const __m256 acc = _mm256_loadu_ps(facc + i * N + 8 * j);
-          _mm256_storeu_ps(y, _mm256_fmadd_ps(sv, _mm256_fnmadd_ps(zv, _mm256_set1_ps(sx[i]), acc), _mm256_loadu_ps(y)));
+          const __m256 t = _mm256_fnmadd_ps(zv, _mm256_set1_ps(sx[i]), _mm256_loadu_ps(facc + i * N + 8 * j));
+          _mm256_storeu_ps(y, y_written ? _mm256_fmadd_ps(sv, t, _mm256_loadu_ps(y)) : _mm256_mul_ps(sv, t));
         }
       }
+      y_written = true;
     }
   }
 }
