@@ -12,8 +12,10 @@
 //   the activations (packed once per call) over its dequantized weight panels,
 //   so each weight panel is unpacked once per call and reused M-fold from L1/L2.
 #include <algorithm>
+#include <atomic>
 #include <cstdlib>
 #include <cstring>
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -60,7 +62,9 @@ LinearOut out_of(const AwqLinearArgs& a) { return {a.out, a.out_dtype, a.out_str
 // M ≤ 8, for one or more ops of one input (awq_linear_many: same x, M, K and group size): the
 // partial products of row ranges, then their sums. Jobs are ranges of whole `block_rows`-row blocks
 // of an op's weight: each streams a contiguous stretch of it into partial[job] ([M][N]; a few
-// hundred KiB at most). Every op's jobs are one pool pass, every op's sums another.
+// hundred KiB at most). Every op's jobs are one pool pass; the thread that finishes an op's last
+// job sums that op's partials (in job order) and stores its output, so no second pass (and no
+// second fork/join) is needed.
 // job(a, k0, k1, y, scratch) computes rows [k0, k1) of op a into y ([M][N]).
 template <typename Job>
 void run_row_jobs(const std::vector<AwqLinearArgs>& ops, int64_t block_rows, Job&& job) {
@@ -75,44 +79,34 @@ void run_row_jobs(const std::vector<AwqLinearArgs>& ops, int64_t block_rows, Job
   // use the pointers, never the names.)
   thread_local std::vector<int64_t> offset_storage;
   thread_local std::vector<float> partial_storage;
+  thread_local size_t counters = 0;
+  thread_local std::unique_ptr<std::atomic<int64_t>[]> remaining_storage;
   offset_storage.assign(ops.size() + 1, 0);
   for (size_t i = 0; i < ops.size(); ++i) offset_storage[i + 1] = offset_storage[i] + jobs * M * ops[i].weight.out_features;
   partial_storage.resize(offset_storage.back());  // every element is written by its job
+  if (counters < ops.size()) {
+    remaining_storage.reset(new std::atomic<int64_t>[ops.size()]);
+    counters = ops.size();
+  }
+  for (size_t i = 0; i < ops.size(); ++i) remaining_storage[i].store(jobs, std::memory_order_relaxed);
   float* const partial = partial_storage.data();
   const int64_t* const offset = offset_storage.data();
+  std::atomic<int64_t>* const remaining = remaining_storage.get();
   pool.parallel_for(static_cast<int64_t>(ops.size()) * jobs, 1, [&](int64_t t0, int64_t t1) {
     thread_local AlignedFloats scratch;
-    for (int64_t t = t0; t < t1; ++t) {
-      const AwqLinearArgs& a = ops[t / jobs];
-      const int64_t N = a.weight.out_features, b0 = (t % jobs) * grain, b1 = std::min(blocks, b0 + grain);
-      job(a, b0 * block_rows, std::min(K, b1 * block_rows), partial + offset[t / jobs] + (t % jobs) * M * N, scratch);
-    }
-  });
-  // The sums: column ranges of every op.
-  int64_t columns = 0;
-  for (const AwqLinearArgs& a : ops) columns += a.weight.out_features;
-  const int64_t cols_per_task = std::max<int64_t>(64, (columns + 4 * pool.size() - 1) / (4 * pool.size()));
-  struct Cols {
-    size_t op;
-    int64_t n0, n1;
-  };
-  thread_local std::vector<Cols> tasks;
-  tasks.clear();
-  for (size_t i = 0; i < ops.size(); ++i)
-    for (int64_t n0 = 0; n0 < ops[i].weight.out_features; n0 += cols_per_task)
-      tasks.push_back({i, n0, std::min(ops[i].weight.out_features, n0 + cols_per_task)});
-  const Cols* const task = tasks.data();
-  pool.parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t t0, int64_t t1) {
     thread_local std::vector<float> y;
     for (int64_t t = t0; t < t1; ++t) {
-      const AwqLinearArgs& a = ops[task[t].op];
-      const int64_t N = a.weight.out_features, n0 = task[t].n0, n1 = task[t].n1;
-      const float* p = partial + offset[task[t].op];
-      y.assign(M * (n1 - n0), 0.0f);
-      for (int64_t j = 0; j < jobs; ++j)
-        for (int64_t m = 0; m < M; ++m)
-          for (int64_t n = n0; n < n1; ++n) y[m * (n1 - n0) + n - n0] += p[(j * M + m) * N + n];
-      out_of(a).store_tile(y.data(), n1 - n0, 0, M, n0, n1 - n0);
+      const size_t i = static_cast<size_t>(t / jobs);
+      const AwqLinearArgs& a = ops[i];
+      const int64_t N = a.weight.out_features, b0 = (t % jobs) * grain, b1 = std::min(blocks, b0 + grain);
+      const float* const p = partial + offset[i];
+      job(a, b0 * block_rows, std::min(K, b1 * block_rows), partial + offset[i] + (t % jobs) * M * N, scratch);
+      // The last of op i's jobs (acq_rel: every other job's partial is visible here) sums them.
+      if (remaining[i].fetch_sub(1, std::memory_order_acq_rel) != 1) continue;
+      y.assign(p, p + M * N);
+      for (int64_t j = 1; j < jobs; ++j)
+        for (int64_t e = 0; e < M * N; ++e) y[e] += p[j * M * N + e];
+      out_of(a).store_tile(y.data(), N, 0, M, 0, N);
     }
   });
 }
