@@ -261,9 +261,10 @@ const char* awq_cpu_activations_name(AwqCpuActivations activations);
 
 // Several AWQ linears of one input — the same x, x_stride, x_dtype, num_tokens, in_features and
 // group_size, each with its own weight, bias and out — as one op, bit-identical to awq_linear on
-// each (linear_many's AWQ twin). CPU, M ≤ 8: x and its block sums once, one thread-pool pass over
-// every weight's row blocks and one over every output's sums, where separate calls pay two each
-// (ops of both layouts may be mixed); larger M and CUDA: awq_linear on each.
+// each (linear_many's AWQ twin). CPU, M ≤ 8: x quantized (or its block sums taken) once, and one
+// thread-pool pass over every weight's row blocks (each op's outputs summed by the thread that
+// finishes its last block), where separate calls pay one pass each (ops of both layouts may be
+// mixed: one pass per layout); larger M and CUDA: awq_linear on each.
 void awq_linear_many(const AwqLinearArgs* args, size_t count, Stream& stream);
 void awq_linear_many_cpu(const AwqLinearArgs* args, size_t count, Stream& stream, CpuSimd simd);
 
