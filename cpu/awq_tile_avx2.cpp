@@ -2,6 +2,7 @@
 // those instructions whatever the build's target, and called only when the CPU
 // reports all three (cpu/awq.cpp), so one binary runs everywhere.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include "avx2_target.h"
 #include <cstdint>
 #include <cstring>
 #include <type_traits>
@@ -13,12 +14,7 @@
 #include "pagedllm/convert.h"
 #include "pagedllm/dtype.h"
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
+PAGEDLLM_AVX2_BEGIN
 
 #define PAGEDLLM_TILE_IMPLEMENTATION
 #define PAGEDLLM_TILE_AVX2 1
@@ -35,11 +31,7 @@ void quantize_activations_avx2(const float* x, int64_t n, int8_t* codes, float* 
 }
 }  // namespace pagedllm::awq_kernels
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+PAGEDLLM_AVX2_END
 
 #else
 #include "awq_tile.h"

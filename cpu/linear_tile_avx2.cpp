@@ -2,6 +2,7 @@
 // Compiled for those instructions whatever the build's target, and called only
 // when the CPU reports all three (cpu/linear.cpp), so one binary runs everywhere.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include "avx2_target.h"
 #include <cstdint>
 #include <cstring>
 
@@ -10,12 +11,7 @@
 #include "pagedllm/convert.h"
 #include "pagedllm/dtype.h"
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
+PAGEDLLM_AVX2_BEGIN
 
 #define PAGEDLLM_TILE_IMPLEMENTATION
 #define PAGEDLLM_TILE_AVX2 1
@@ -28,11 +24,7 @@ void pack_x_avx2(const PackXJob& job) { avx2::pack_x(job); }
 void gemm_block_avx2(const GemmJob& job) { avx2::gemm_block(job); }
 }  // namespace pagedllm::linear_kernels
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+PAGEDLLM_AVX2_END
 
 #else
 #include "linear_tile.h"

@@ -3,6 +3,7 @@
 // build's target, and called only when the CPU reports all three
 // (paged_attention.cpp), so one binary runs everywhere.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include "avx2_target.h"
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -13,12 +14,7 @@
 #include "pagedllm/convert.h"
 #include "pagedllm/paged_attention.h"
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma,f16c"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma,f16c")
-#endif
+PAGEDLLM_AVX2_BEGIN
 
 #define PAGEDLLM_TILE_IMPLEMENTATION
 #define PAGEDLLM_TILE_AVX2 1
@@ -29,11 +25,7 @@ namespace pagedllm::attention_cpu {
 void attention_tile_avx2(const TileJob& job) { avx2::tile(job); }
 }  // namespace pagedllm::attention_cpu
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+PAGEDLLM_AVX2_END
 
 #else
 #include "paged_attention_tile.h"

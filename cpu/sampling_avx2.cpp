@@ -1,4 +1,4 @@
-// The AVX2 + FMA build of the sampler's exponentials (cpu/sampling.cpp): e = exp(−d) for d ≥ 0,
+// The AVX2 build (avx2_target.h) of the sampler's exponentials (cpu/sampling.cpp): e = exp(−d) for d ≥ 0,
 // four at a time, within an ulp or two of the C library's exp (2^k · a degree-13 polynomial on
 // |r| ≤ ln2 / 2, Cody-Waite reduction); exp(−d) for d > 708 is 0 (the C library's would be
 // subnormal: no sum or cut of the sampler can see it), +inf gives 0 and NaN stays NaN.
@@ -12,14 +12,10 @@ void exp_negative_avx2(const double* d, double* out, int64_t n);
 }  // namespace pagedllm::sampling_kernels
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
+#include "avx2_target.h"
 #include <cmath>
 
-#if defined(__clang__)
-#pragma clang attribute push(__attribute__((target("avx2,fma"))), apply_to = function)
-#else
-#pragma GCC push_options
-#pragma GCC target("avx2,fma")
-#endif
+PAGEDLLM_AVX2_BEGIN
 
 #include <immintrin.h>
 
@@ -56,11 +52,7 @@ void exp_negative_avx2(const double* d, double* out, int64_t n) {
 
 }  // namespace pagedllm::sampling_kernels
 
-#if defined(__clang__)
-#pragma clang attribute pop
-#else
-#pragma GCC pop_options
-#endif
+PAGEDLLM_AVX2_END
 
 #else
 #include <cmath>
