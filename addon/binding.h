@@ -93,10 +93,14 @@ char* arg_region(const Napi::CallbackInfo& info, size_t i, size_t bytes, const S
 
 // The wrapped object at info[i], if it carries `tag`; ERR_INVALID_ARGUMENT ("expected a native <what> handle") otherwise.
 template <typename T>
+T& unwrap_tagged(Napi::Env env, Napi::Value v, const napi_type_tag& tag, const char* what) {
+  if (!v.IsObject() || !v.As<Napi::Object>().CheckTypeTag(&tag))
+    throw make_error(env, "ERR_INVALID_ARGUMENT", std::string("expected a native ") + what + " handle");
+  return *T::Unwrap(v.As<Napi::Object>());
+}
+template <typename T>
 T& unwrap_tagged(const Napi::CallbackInfo& info, size_t i, const napi_type_tag& tag, const char* what) {
-  if (i >= info.Length() || !info[i].IsObject() || !info[i].As<Napi::Object>().CheckTypeTag(&tag))
-    throw make_error(info.Env(), "ERR_INVALID_ARGUMENT", std::string("expected a native ") + what + " handle");
-  return *T::Unwrap(info[i].As<Napi::Object>());
+  return unwrap_tagged<T>(info.Env(), info[i], tag, what);
 }
 
 // ---- handles --------------------------------------------------------------------------
@@ -128,6 +132,7 @@ class NativeBuffer : public Napi::ObjectWrap<NativeBuffer> {
                                Category category);
   // Throws ERR_DISPOSED if freed, ERR_INVALID_ARGUMENT if [offset, offset+extent) is outside.
   static NativeBuffer& From(const Napi::CallbackInfo& info, size_t i, size_t offset, size_t extent);
+  static NativeBuffer& From(Napi::Env env, Napi::Value v, size_t offset, size_t extent);
   explicit NativeBuffer(const Napi::CallbackInfo& info);
   void Finalize(Napi::Env env) override;
   void Free(Napi::Env env);

@@ -75,11 +75,55 @@ Napi::Value CopyBlocks(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// swapBlocks(regions: [src, srcOff, dst, dstOff, blockBytes][], srcBlocks, dstBlocks, pairs: Int32Array [n, 2]).
+// Every source buffer must be on one stream, every destination buffer on one stream.
+Napi::Value SwapBlocks(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  auto integer = [&](Napi::Value v, const char* name) {
+    const double d = v.IsNumber() ? v.As<Napi::Number>().DoubleValue() : -1;
+    if (!(d >= 0 && d <= 9007199254740991.0) || d != static_cast<double>(static_cast<int64_t>(d)))
+      throw make_error(env, "ERR_INVALID_ARGUMENT", std::string(name) + " must be a non-negative integer");
+    return static_cast<int64_t>(d);
+  };
+  if (!info[0].IsArray()) throw make_error(env, "ERR_INVALID_ARGUMENT", "regions must be an array");
+  const int64_t src_blocks = integer(info[1], "srcBlocks"), dst_blocks = integer(info[2], "dstBlocks");
+  if (!info[3].IsTypedArray() || info[3].As<Napi::TypedArray>().TypedArrayType() != napi_int32_array ||
+      info[3].As<Napi::TypedArray>().ElementLength() % 2 != 0)
+    throw make_error(env, "ERR_INVALID_ARGUMENT", "block pairs must be an Int32Array of (src, dst) pairs");
+  Napi::Int32Array pairs = info[3].As<Napi::Int32Array>();
+  Napi::Array list = info[0].As<Napi::Array>();
+  std::vector<SwapRegion> regions;
+  std::shared_ptr<Stream> src_stream, dst_stream;
+  for (uint32_t r = 0; r < list.Length(); ++r) {
+    Napi::Value item = list.Get(r);
+    if (!item.IsArray() || item.As<Napi::Array>().Length() != 5)
+      throw make_error(env, "ERR_INVALID_ARGUMENT", "a region is [src, srcByteOffset, dst, dstByteOffset, blockBytes]");
+    Napi::Array g = item.As<Napi::Array>();
+    const int64_t block_bytes = integer(g.Get(4u), "blockBytes");
+    if (block_bytes == 0) throw make_error(env, "ERR_INVALID_ARGUMENT", "blockBytes must be positive");
+    if ((src_blocks > 0 && block_bytes > INT64_MAX / src_blocks) || (dst_blocks > 0 && block_bytes > INT64_MAX / dst_blocks))
+      throw make_error(env, "ERR_INVALID_ARGUMENT", "size overflows");
+    const size_t src_offset = integer(g.Get(1u), "srcByteOffset"), dst_offset = integer(g.Get(3u), "dstByteOffset");
+    NativeBuffer& src = NativeBuffer::From(env, g.Get(0u), src_offset, static_cast<size_t>(src_blocks * block_bytes));
+    NativeBuffer& dst = NativeBuffer::From(env, g.Get(2u), dst_offset, static_cast<size_t>(dst_blocks * block_bytes));
+    if (!src_stream) src_stream = src.stream, dst_stream = dst.stream;
+    if (src.stream != src_stream || dst.stream != dst_stream)
+      throw make_error(env, "ERR_INVALID_ARGUMENT", "every source buffer must be on one stream, every destination buffer on one stream");
+    regions.push_back({src.data() + src_offset, dst.data() + dst_offset, block_bytes});
+  }
+  if (regions.empty()) return env.Undefined();
+  swap_blocks(SwapBlocksArgs{regions.data(), static_cast<int64_t>(regions.size()), pairs.Data(),
+                             static_cast<int64_t>(pairs.ElementLength() / 2), src_blocks, dst_blocks},
+              *src_stream, *dst_stream);
+  return env.Undefined();
+}
+
 }  // namespace
 
 void init_cache_ops(Napi::Env env, Napi::Object exports) {
   exports.Set("writeKv", Napi::Function::New<Guard<WriteKv>>(env, "writeKv"));
   exports.Set("copyBlocks", Napi::Function::New<Guard<CopyBlocks>>(env, "copyBlocks"));
+  exports.Set("swapBlocks", Napi::Function::New<Guard<SwapBlocks>>(env, "swapBlocks"));
 }
 
 }  // namespace pagedllm::addon

@@ -73,10 +73,14 @@ void NativeBuffer::Finalize(Napi::Env env) {
 }
 
 NativeBuffer& NativeBuffer::From(const Napi::CallbackInfo& info, size_t i, size_t offset, size_t extent) {
-  NativeBuffer& buffer = unwrap_tagged<NativeBuffer>(info, i, kBufferTag, "buffer");
-  if (buffer.freed) throw make_error(info.Env(), "ERR_DISPOSED", "the tensor's memory has been released");
+  return From(info.Env(), info[i], offset, extent);
+}
+
+NativeBuffer& NativeBuffer::From(Napi::Env env, Napi::Value v, size_t offset, size_t extent) {
+  NativeBuffer& buffer = unwrap_tagged<NativeBuffer>(env, v, kBufferTag, "buffer");
+  if (buffer.freed) throw make_error(env, "ERR_DISPOSED", "the tensor's memory has been released");
   if (offset > buffer.bytes || extent > buffer.bytes - offset)
-    throw make_error(info.Env(), "ERR_INVALID_ARGUMENT",
+    throw make_error(env, "ERR_INVALID_ARGUMENT",
                      "range [" + std::to_string(offset) + ", " + std::to_string(offset + extent) +
                          ") is outside a buffer of " + std::to_string(buffer.bytes) + " bytes");
   return buffer;

@@ -1,5 +1,6 @@
 // write_kv_cpu and copy_blocks_cpu: the readable references (and CPU backend)
-// of cuda/cache_ops.cu. Layout and quantization: include/pagedllm/paged_kv.h.
+// of cuda/cache_ops.cu; swap_blocks between two CPU caches, and its dispatch.
+// Layout and quantization: include/pagedllm/paged_kv.h.
 #include <algorithm>
 #include <cmath>
 #include <cstring>
@@ -8,6 +9,7 @@
 #include "cpu_stream.h"
 #include "pagedllm/convert.h"
 #include "pagedllm/paged_kv.h"
+#include "thread_pool.h"
 
 namespace pagedllm {
 
@@ -108,6 +110,67 @@ void copy_blocks(const CopyBlocksArgs& a, Stream& stream) {
   if (a.num_pairs == 0) return;
   if (stream.device().is_cpu()) copy_blocks_cpu(a, stream);
   else copy_blocks_cuda(a, stream);
+}
+
+std::vector<BlockRun> swap_block_runs(const SwapBlocksArgs& a) {
+  PAGEDLLM_CHECK(a.num_pairs >= 0 && a.num_regions >= 0, InvalidArgument, "swap_blocks: negative count");
+  PAGEDLLM_CHECK(a.num_pairs == 0 || a.block_pairs, InvalidArgument, "swap_blocks: null block pairs");
+  PAGEDLLM_CHECK(a.num_regions == 0 || a.regions, InvalidArgument, "swap_blocks: null regions");
+  for (int64_t r = 0; r < a.num_regions; ++r) {
+    const SwapRegion& g = a.regions[r];
+    PAGEDLLM_CHECK(g.src && g.dst && g.block_bytes > 0, InvalidArgument, "swap_blocks: region ", r,
+                   " needs a source, a destination and a positive block size");
+    // Same address space on one device, or unified addresses across host and GPUs: disjoint either way.
+    const auto* s0 = static_cast<const char*>(g.src);
+    const auto* d0 = static_cast<const char*>(g.dst);
+    PAGEDLLM_CHECK(s0 + a.src_blocks * g.block_bytes <= d0 || d0 + a.dst_blocks * g.block_bytes <= s0, InvalidArgument,
+                   "swap_blocks: region ", r, "'s source and destination overlap (use copy_blocks within one cache)");
+  }
+  std::vector<int32_t> dsts(a.num_pairs);
+  for (int64_t i = 0; i < a.num_pairs; ++i) {
+    const int32_t src = a.block_pairs[2 * i], dst = a.block_pairs[2 * i + 1];
+    PAGEDLLM_CHECK(src >= 0 && src < a.src_blocks, InvalidArgument, "swap_blocks: source block ", src,
+                   " is outside the source cache (", a.src_blocks, " blocks)");
+    PAGEDLLM_CHECK(dst >= 0 && dst < a.dst_blocks, InvalidArgument, "swap_blocks: destination block ", dst,
+                   " is outside the destination cache (", a.dst_blocks, " blocks)");
+    dsts[i] = dst;
+  }
+  std::sort(dsts.begin(), dsts.end());
+  const auto twice = std::adjacent_find(dsts.begin(), dsts.end());
+  PAGEDLLM_CHECK(twice == dsts.end(), InvalidArgument, "swap_blocks: destination block ", twice == dsts.end() ? 0 : *twice,
+                 " appears in more than one pair");
+  std::vector<BlockRun> runs;
+  for (int64_t i = 0; i < a.num_pairs; ++i) {
+    const int64_t src = a.block_pairs[2 * i], dst = a.block_pairs[2 * i + 1];
+    if (!runs.empty() && runs.back().src + runs.back().count == src && runs.back().dst + runs.back().count == dst)
+      ++runs.back().count;
+    else
+      runs.push_back({src, dst, 1});
+  }
+  return runs;
+}
+
+void swap_blocks(const SwapBlocksArgs& a, Stream& src_stream, Stream& dst_stream) {
+  std::vector<BlockRun> runs = swap_block_runs(a);
+  if (runs.empty() || a.num_regions == 0) return;
+  if (!src_stream.device().is_cpu() || !dst_stream.device().is_cpu())
+    return swap_blocks_cuda(a.regions, a.num_regions, runs, src_stream, dst_stream);
+  if (&src_stream != &dst_stream) dst_stream.wait(src_stream.record());
+  as_cpu_stream(dst_stream).enqueue([regions = std::vector<SwapRegion>(a.regions, a.regions + a.num_regions),
+                                     runs = std::move(runs)] {
+    // One job per (run, region): whole-block memcpys, a few KiB to MiBs each.
+    const int64_t jobs = static_cast<int64_t>(runs.size() * regions.size());
+    ThreadPool::global().parallel_for(jobs, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t j = begin; j < end; ++j) {
+        const BlockRun& run = runs[j / regions.size()];
+        const SwapRegion& g = regions[j % regions.size()];
+        std::memcpy(static_cast<char*>(g.dst) + run.dst * g.block_bytes,
+                    static_cast<const char*>(g.src) + run.src * g.block_bytes, run.count * g.block_bytes);
+      }
+    });
+  });
+  // The source's blocks are reused (or freed) in its own stream's order: keep that after the copies.
+  if (&src_stream != &dst_stream) src_stream.wait(dst_stream.record());
 }
 
 }  // namespace pagedllm

@@ -53,6 +53,7 @@ MemoryResourcePtr make_pinned_host_resource() {
 void cuda_memory_info(int, uint64_t* free_bytes, uint64_t* total_bytes) { *free_bytes = *total_bytes = 0; }
 void write_kv_cuda(const WriteKvArgs&, Stream&) { no_cuda(); }
 void copy_blocks_cuda(const CopyBlocksArgs&, Stream&) { no_cuda(); }
+void swap_blocks_cuda(const SwapRegion*, int64_t, const std::vector<BlockRun>&, Stream&, Stream&) { no_cuda(); }
 void paged_attention_decode_cuda(const PagedAttentionArgs&, Stream&) { no_cuda(); }
 void paged_attention_prefill_cuda(const PagedAttentionArgs&, Stream&) { no_cuda(); }
 void fill_cuda(void*, DType, size_t, double, Stream&) { no_cuda(); }

@@ -14,6 +14,10 @@
 //                             waits for that event, then H2D follows.
 //  GPU -> CPU tensor copy:    D2H into staging on the GPU stream, event; the
 //                             CPU stream waits for the event, copies out.
+//  swap_blocks GPU <-> host:  cudaMemcpyAsync on the GPU stream straight to or
+//                             from pinned host memory, after the CPU stream's
+//                             earlier work; the CPU stream then waits for it.
+//                             Pageable host memory: copy_bytes per run.
 #include <cuda_runtime_api.h>
 
 #include <cstring>
@@ -22,6 +26,7 @@
 
 #include "../cpu/cpu_stream.h"
 #include "cuda_stream.h"
+#include "pagedllm/paged_kv.h"
 #include "pagedllm/tensor_ops.h"
 
 namespace pagedllm {
@@ -167,6 +172,60 @@ void copy_bytes_cuda(const void* src, Stream& src_stream, void* dst, Stream& dst
       staging_pool().release(staging);
     });
   }
+}
+
+namespace {
+
+// True when the driver can DMA to or from `p` without staging (cudaHostAlloc'd or registered).
+bool is_pinned(const void* p) {
+  cudaPointerAttributes attributes{};
+  if (cudaPointerGetAttributes(&attributes, p) != cudaSuccess) {
+    cudaGetLastError();  // older drivers report unregistered host memory as an error: clear it
+    return false;
+  }
+  return attributes.type == cudaMemoryTypeHost;
+}
+
+// Work enqueued on `gpu` after this waits for the work already enqueued on `cpu` (parking the
+// driver's callback thread only when that work is still running).
+void gpu_after_cpu(CudaStream& gpu, Stream& cpu) {
+  std::shared_ptr<Event> ready = cpu.record();
+  if (!ready->query()) gpu.enqueue_host([ready] { ready->synchronize(); });
+}
+
+}  // namespace
+
+void swap_blocks_cuda(const SwapRegion* regions, int64_t num_regions, const std::vector<BlockRun>& runs,
+                      Stream& src_stream, Stream& dst_stream) {
+  const Device from = src_stream.device(), to = dst_stream.device();
+  auto each = [&](auto&& copy) {
+    for (const BlockRun& run : runs)
+      for (int64_t r = 0; r < num_regions; ++r) {
+        const SwapRegion& g = regions[r];
+        copy(static_cast<const char*>(g.src) + run.src * g.block_bytes, static_cast<char*>(g.dst) + run.dst * g.block_bytes,
+             static_cast<size_t>(run.count * g.block_bytes));
+      }
+  };
+  if (from.is_cuda() && to.is_cuda()) {  // copy_bytes_cuda orders each copy the same way
+    each([&](const char* s, char* d, size_t bytes) { copy_bytes_cuda(s, src_stream, d, dst_stream, bytes); });
+    return;
+  }
+  Stream& host = from.is_cpu() ? src_stream : dst_stream;
+  bool pinned = true;
+  for (int64_t r = 0; r < num_regions && pinned; ++r) pinned = is_pinned(from.is_cpu() ? regions[r].src : regions[r].dst);
+  if (!pinned) {
+    each([&](const char* s, char* d, size_t bytes) { copy_bytes_cuda(s, src_stream, d, dst_stream, bytes); });
+    return;
+  }
+  CudaStream& gpu = as_cuda_stream(from.is_cpu() ? dst_stream : src_stream);
+  const cudaMemcpyKind kind = from.is_cpu() ? cudaMemcpyHostToDevice : cudaMemcpyDeviceToHost;
+  gpu_after_cpu(gpu, host);
+  gpu.activate();
+  each([&](const char* s, char* d, size_t bytes) {
+    PAGEDLLM_CUDA_CHECK(cudaMemcpyAsync(d, s, bytes, kind, gpu.handle()));
+  });
+  // Swap out: the host blocks are read after the copies; swap in: they are reused after them.
+  host.wait(gpu.record());
 }
 
 }  // namespace pagedllm

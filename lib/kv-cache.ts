@@ -207,31 +207,40 @@ export class KvCache {
   /**
    * Swap: copies blocks of `source` (another KvCache of the same shape and dtype, e.g. a host pool
    * in pinned memory for a device cache) into this cache, every layer, scales included:
-   * for each pair, this cache's block dst = source's block src. Ordered after prior work on both
-   * caches' streams (use a separate copy stream for the host cache to overlap with compute).
-   * The BlockManager's swapOut/swapIn return the pairs.
+   * for each pair, this cache's block dst = source's block src. One native call (`swap_blocks` in
+   * include/pagedllm/paged_kv.h): runs of consecutive pairs are one copy per tensor, and a GPU cache
+   * copies straight to or from pinned host memory. Ordered after prior work on both caches' streams;
+   * later work on either runs after it. The BlockManager's swapOut/swapIn return the pairs.
    */
   swapBlocksFrom(source: KvCache, pairs: ReadonlyArray<readonly [number, number]>): void {
     if (!(source instanceof KvCache)) throw new InvalidArgumentError('swapBlocksFrom: source must be a KvCache');
+    if (source === this) throw new InvalidArgumentError('swapBlocksFrom: source is this cache (use copyBlocks)');
     const layers = this.layers;
     const from = source.layers;
     const same = source.numLayers === this.numLayers && source.numKvHeads === this.numKvHeads &&
       source.blockSize === this.blockSize && source.headSize === this.headSize && source.kvDtype === this.kvDtype;
     if (!same) throw new InvalidArgumentError('swapBlocksFrom: the caches differ in layers, heads, block size, head size or dtype');
-    for (const p of pairs) {
+    const flat = new Int32Array(2 * pairs.length);
+    const seen = new Set<number>();
+    pairs.forEach((p, i) => {
       if (!Array.isArray(p) || p.length !== 2) throw new InvalidArgumentError('swapBlocksFrom: pairs must be [src, dst] block pairs');
       if (!(Number.isInteger(p[0]) && p[0] >= 0 && p[0] < source.numBlocks)) throw new InvalidArgumentError(`swapBlocksFrom: block ${p[0]} is outside the source (${source.numBlocks} blocks)`);
       if (!(Number.isInteger(p[1]) && p[1] >= 0 && p[1] < this.numBlocks)) throw new InvalidArgumentError(`swapBlocksFrom: block ${p[1]} is outside this cache (${this.numBlocks} blocks)`);
-    }
+      if (seen.has(p[1])) throw new InvalidArgumentError(`swapBlocksFrom: destination block ${p[1]} appears in more than one pair`);
+      seen.add(p[1]);
+      flat[2 * i] = p[0];
+      flat[2 * i + 1] = p[1];
+    });
+    if (pairs.length === 0) return;
+    const regions: Array<[NativeBufferHandle, number, NativeBufferHandle, number, number]> = [];
     for (let l = 0; l < layers.length; l++) {
       const to = layers[l]!, src = from[l]!;
       for (const [a, b] of [[src.key, to.key], [src.value, to.value], [src.keyScales, to.keyScales], [src.valueScales, to.valueScales]] as const) {
         if (!a || !b) continue;
-        const blockBytes = a.byteLength / source.numBlocks; // a is [numBlocks, ...], contiguous
-        const [ah, ao] = region(a), [bh, bo] = region(b);
-        for (const [s, d] of pairs) native().copy(ah, ao + s * blockBytes, bh, bo + d * blockBytes, blockBytes);
+        regions.push([...region(a), ...region(b), a.byteLength / source.numBlocks]); // [numBlocks, ...], contiguous
       }
     }
+    native().swapBlocks(regions, source.numBlocks, this.numBlocks, flat);
   }
 
   /** Releases every layer's memory (in stream order). Idempotent. */

@@ -145,6 +145,13 @@ export interface NativeBinding {
     cache: NativeBufferHandle, cacheOffset: number, scales: NativeBufferHandle | null, scalesOffset: number, cacheDtype: number,
     shape: { numBlocks: number; numKvHeads: number; blockSize: number; headSize: number }, pairs: Int32Array, stream: NativeStreamHandle,
   ): void;
+  /**
+   * Whole blocks from one cache to another (swap), every region in one call: a region is one tensor
+   * of one layer in both caches, [src, srcByteOffset, dst, dstByteOffset, bytes of one block].
+   */
+  swapBlocks(
+    regions: Array<[NativeBufferHandle, number, NativeBufferHandle, number, number]>, srcBlocks: number, dstBlocks: number, pairs: Int32Array,
+  ): void;
 
   /** Paged attention (include/pagedllm/paged_attention.h); scales, cuSeqLensQ and alibi may be null. */
   pagedAttention(

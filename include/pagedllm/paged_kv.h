@@ -25,6 +25,7 @@
 #include <cmath>
 #include <cstddef>
 #include <cstdint>
+#include <vector>
 
 #include "pagedllm/dtype.h"
 #include "pagedllm/fp8.h"
@@ -128,6 +129,51 @@ struct CopyBlocksArgs {
 void copy_blocks(const CopyBlocksArgs& args, Stream& stream);
 void copy_blocks_cpu(const CopyBlocksArgs& args, Stream& stream);
 void copy_blocks_cuda(const CopyBlocksArgs& args, Stream& stream);
+
+// Swap: copies whole blocks from one cache to another of the same shape and dtype, every layer's
+// K, V and scales in one call: for each pair (src, dst) and each region, block dst of the region's
+// destination = block src of its source. The caches may live on different devices: a GPU cache and
+// a host cache in pinned memory (swap out, swap in), two host caches, two GPU caches.
+//  regions:     [num_regions] one tensor of one layer in both caches (K, V, K scales, V scales):
+//               base pointers and the bytes of one block. Sources are read on src_stream's device,
+//               destinations written on dst_stream's.
+//  block_pairs: [num_pairs, 2] int32 (src, dst), host memory, taken at the call. Sources lie in
+//               [0, src_blocks), destinations in [0, dst_blocks) and are distinct.
+// Ordered after all work already enqueued on both streams; work enqueued on either later runs
+// after the copies. Consecutive pairs (s, d), (s + 1, d + 1), … are one copy per region.
+// Where the copies run:
+//  - CPU ↔ CPU: on dst_stream's worker, spread over the thread pool.
+//  - GPU ↔ host: cudaMemcpyAsync on the GPU side's stream, straight to or from the host memory
+//    when it is pinned (the swap space the Engine allocates is); pageable host memory goes through
+//    the staging buffers of copy_bytes (correct, slower). The GPU side's own stream, not a side
+//    copy stream: a swap-out must follow the writes of the blocks it moves and a swap-in must
+//    precede the attention that reads them, which with stream ordering is all queued work on that
+//    stream either way; a side stream would only add two event hops.
+//  - GPU ↔ GPU: on dst_stream (peer copies between devices).
+struct SwapRegion {
+  const void* src;
+  void* dst;
+  int64_t block_bytes;
+};
+struct SwapBlocksArgs {
+  const SwapRegion* regions;
+  int64_t num_regions;
+  const int32_t* block_pairs;
+  int64_t num_pairs;
+  int64_t src_blocks;
+  int64_t dst_blocks;
+};
+void swap_blocks(const SwapBlocksArgs& args, Stream& src_stream, Stream& dst_stream);
+
+// A run of consecutive pairs: blocks [src, src + count) to [dst, dst + count).
+struct BlockRun {
+  int64_t src, dst, count;
+};
+// The pairs of `args`, validated (ERR_INVALID_ARGUMENT naming the fault), as runs, in order.
+std::vector<BlockRun> swap_block_runs(const SwapBlocksArgs& args);
+// The CUDA half of swap_blocks (cuda/transfer.cpp): either stream is a GPU stream.
+void swap_blocks_cuda(const SwapRegion* regions, int64_t num_regions, const std::vector<BlockRun>& runs,
+                      Stream& src_stream, Stream& dst_stream);
 
 
 }  // namespace pagedllm

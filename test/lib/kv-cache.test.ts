@@ -166,9 +166,43 @@ test('swapBlocksFrom copies blocks between caches on different streams (device <
     expect(gs).toEqual(ws);
   }
   expect(() => back.swapBlocksFrom(host, [[3, 0]])).toThrow(expect.objectContaining({ message: 'swapBlocksFrom: block 3 is outside the source (3 blocks)' }));
+  expect(() => back.swapBlocksFrom(host, [[0, 4], [1, 4]])).toThrow(expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT', message: 'swapBlocksFrom: destination block 4 appears in more than one pair' }));
+  expect(() => back.swapBlocksFrom(back, [[0, 1]])).toThrow(expect.objectContaining({ message: 'swapBlocksFrom: source is this cache (use copyBlocks)' }));
   for (const x of [device, host, back]) x.dispose();
+  expect(() => device.swapBlocksFrom(back, [[0, 1]])).toThrow(expect.objectContaining({ code: 'ERR_DISPOSED' }));
   kv.dispose();
   slots.dispose();
+});
+
+test('swapBlocksFrom moves runs and scattered pairs at once, ordered after earlier and before later writes', async () => {
+  const { Stream } = await import('../../lib');
+  const big = { ...shape, numBlocks: 12 };
+  const device = new KvCache({ ...big, kvDtype: 'float16' });
+  const host = new KvCache({ ...big, numBlocks: 7, kvDtype: 'float16', stream: Stream.create('cpu') });
+  const tokens = 12 * 4;
+  const kv = Tensor.fromArray(Array.from({ length: tokens * 2 * 8 }, (_, i) => (i % 509) / 8), [tokens, 2, 8]);
+  const slots = Tensor.fromArray(Int32Array.from({ length: tokens }, (_, i) => i)); // every slot
+  for (let l = 0; l < shape.numLayers; l++) device.writeKv(l, kv, kv, slots);
+  const pairs: Array<[number, number]> = [[3, 0], [4, 1], [5, 2], [11, 6], [0, 4]]; // a run of 3, then two singles
+  host.swapBlocksFrom(device, pairs);
+  // Queued after the swap on the device's stream: must not reach the host copy.
+  const zeros = Tensor.zeros([tokens, 2, 8], { dtype: 'float32' });
+  for (let l = 0; l < shape.numLayers; l++) device.writeKv(l, zeros, zeros, slots);
+  const blockLen = 2 * 4 * 8;
+  const source = Array.from(await kv.toArray()).map((x) => Math.fround(x));
+  for (let l = 0; l < shape.numLayers; l++) {
+    for (const side of ['key', 'value'] as const) {
+      const got = Array.from(float16ToFloat32(await host.layers[l]![side].toArray() as Uint16Array));
+      for (const [s, d] of pairs) {
+        // Slot t, head h, dim k is kv[t][h][k]; the cache is [block][head][offset][dim].
+        const want: number[] = [];
+        for (let h = 0; h < 2; h++) for (let o = 0; o < 4; o++) for (let k = 0; k < 8; k++) want.push(source[((s * 4 + o) * 2 + h) * 8 + k]!);
+        expect(got.slice(d * blockLen, (d + 1) * blockLen)).toEqual(want);
+      }
+    }
+  }
+  for (const x of [device, host]) x.dispose();
+  for (const t of [kv, slots, zeros]) t.dispose();
 });
 
 test('fromPlan allocates exactly the planned KV bytes', async () => {

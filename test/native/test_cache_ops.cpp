@@ -1,12 +1,15 @@
 // KV-cache ops: fp8 e4m3 conversions against their definition, write_kv and
-// copy_blocks on the CPU against plain references (with the quantization
+// copy_blocks and swap_blocks on the CPU against plain references (with the quantization
 // error of int8 / fp8 on random data reported), and the CUDA ops against the
 // CPU ones (skipped, with the reason, without a GPU).
 #include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <chrono>
 #include <random>
+#include <string>
+#include <thread>
 #include <vector>
 
 #include "harness.h"
@@ -284,5 +287,188 @@ TEST(cuda_cache_ops_match_cpu_bit_for_bit) {
       for (auto& [p, bytes] : live) mr->deallocate(p, bytes, *gpu);
       live.clear();
     }
+  }
+}
+
+namespace {
+
+// Two caches' worth of regions (K, V and scales of two layers), every byte distinct.
+struct SwapSet {
+  SwapSet(int64_t src_blocks, int64_t dst_blocks, const std::vector<int64_t>& block_bytes) : block_bytes(block_bytes) {
+    for (size_t r = 0; r < block_bytes.size(); ++r) {
+      src.emplace_back(src_blocks * block_bytes[r]);
+      dst.emplace_back(dst_blocks * block_bytes[r], static_cast<uint8_t>(0xEE));
+      for (size_t i = 0; i < src[r].size(); ++i) src[r][i] = static_cast<uint8_t>(i * 31 + r * 7 + i / 251);
+    }
+  }
+  std::vector<SwapRegion> regions() {
+    std::vector<SwapRegion> out;
+    for (size_t r = 0; r < src.size(); ++r) out.push_back({src[r].data(), dst[r].data(), block_bytes[r]});
+    return out;
+  }
+  // dst as the pairs say, by a plain loop over single blocks.
+  std::vector<std::vector<uint8_t>> expected(const std::vector<int32_t>& pairs) const {
+    std::vector<std::vector<uint8_t>> want;
+    for (size_t r = 0; r < src.size(); ++r) {
+      want.emplace_back(dst[r].size(), static_cast<uint8_t>(0xEE));
+      for (size_t i = 0; i < pairs.size(); i += 2)
+        std::memcpy(want[r].data() + pairs[i + 1] * block_bytes[r], src[r].data() + pairs[i] * block_bytes[r], block_bytes[r]);
+    }
+    return want;
+  }
+  std::vector<int64_t> block_bytes;
+  std::vector<std::vector<uint8_t>> src, dst;
+};
+
+const std::vector<int64_t> kSwapBlockBytes = {2 * 16 * 64 * 2, 2 * 16 * 64 * 2, 2 * 16 * 4, 2 * 16 * 4, 4096, 4096};
+
+std::string swap_error(SwapSet& set, const std::vector<int32_t>& pairs, int64_t src_blocks, int64_t dst_blocks) {
+  auto s = cpu();
+  const std::vector<SwapRegion> regions = set.regions();
+  try {
+    swap_blocks(SwapBlocksArgs{regions.data(), static_cast<int64_t>(regions.size()), pairs.data(),
+                               static_cast<int64_t>(pairs.size() / 2), src_blocks, dst_blocks},
+                *s, *s);
+  } catch (const Error& e) {
+    return error_code_name(e.code());
+  }
+  return "none";
+}
+
+}  // namespace
+
+TEST(swap_blocks_runs_merge_consecutive_pairs_only) {
+  const std::vector<int32_t> pairs = {3, 0, 4, 1, 5, 2, 9, 3, 8, 4, 0, 7, 1, 8};
+  SwapSet set(10, 10, {16});
+  const std::vector<SwapRegion> regions = set.regions();
+  const std::vector<BlockRun> runs = swap_block_runs(SwapBlocksArgs{regions.data(), 1, pairs.data(), 7, 10, 10});
+  CHECK(runs.size() == 4, "runs: ", runs.size());
+  CHECK(runs[0].src == 3 && runs[0].dst == 0 && runs[0].count == 3);
+  CHECK(runs[1].src == 9 && runs[1].dst == 3 && runs[1].count == 1);  // 9 -> 3 then 8 -> 4: not consecutive
+  CHECK(runs[2].src == 8 && runs[2].dst == 4 && runs[2].count == 1);
+  CHECK(runs[3].src == 0 && runs[3].dst == 7 && runs[3].count == 2);
+}
+
+TEST(swap_blocks_cpu_copies_every_region_between_streams_in_order) {
+  // Swap out (10 blocks -> 6), then back in elsewhere (6 -> 10), on two streams, as the Engine does.
+  SwapSet out(10, 6, kSwapBlockBytes);
+  const std::vector<int32_t> out_pairs = {7, 2, 8, 3, 9, 4, 1, 0, 4, 5};
+  const auto want = out.expected(out_pairs);
+  const std::vector<std::vector<uint8_t>> src_before = out.src;
+  auto device = cpu(), host = cpu();
+  // Earlier work on the source stream must land before the copy reads: the last byte of block 7 of
+  // region 0 is written by a slow task queued first.
+  uint8_t* late = out.src[0].data() + 8 * kSwapBlockBytes[0] - 1;
+  const uint8_t late_value = static_cast<uint8_t>(~*late);
+  device->enqueue_host([late, late_value] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(30));
+    *late = late_value;
+  });
+  std::vector<SwapRegion> regions = out.regions();
+  swap_blocks(SwapBlocksArgs{regions.data(), static_cast<int64_t>(regions.size()), out_pairs.data(), 5, 10, 6}, *device, *host);
+  // Later work on the source stream must not reach the copy: overwrite the sources after it.
+  std::vector<std::vector<uint8_t>>* sources = &out.src;
+  device->enqueue_host([sources] { for (auto& v : *sources) std::fill(v.begin(), v.end(), uint8_t{0}); });
+  host->synchronize();
+  device->synchronize();
+  auto want_now = want;
+  want_now[0][2 * kSwapBlockBytes[0] + kSwapBlockBytes[0] - 1] = late_value;  // block 7 -> 2
+  for (size_t r = 0; r < want.size(); ++r) CHECK(out.dst[r] == want_now[r], "region ", r);
+
+  // Back in, 6 -> 10: host blocks 2..4 to device 5..7, 0 to 9.
+  SwapSet in(6, 10, kSwapBlockBytes);
+  in.src = out.dst;
+  const std::vector<int32_t> in_pairs = {2, 5, 3, 6, 4, 7, 0, 9};
+  const auto want_in = in.expected(in_pairs);
+  regions = in.regions();
+  swap_blocks(SwapBlocksArgs{regions.data(), static_cast<int64_t>(regions.size()), in_pairs.data(), 4, 6, 10}, *host, *device);
+  device->synchronize();
+  for (size_t r = 0; r < want_in.size(); ++r) CHECK(in.dst[r] == want_in[r], "region ", r, " back in");
+  CHECK(src_before[1] != out.src[1], "the sources were overwritten after the copy, as queued");
+}
+
+TEST(swap_blocks_rejects_bad_pairs_and_regions) {
+  SwapSet set(4, 4, {64, 8});
+  CHECK(swap_error(set, {0, 1, 3, 2}, 4, 4) == "none");
+  CHECK(swap_error(set, {4, 1}, 4, 4) == "ERR_INVALID_ARGUMENT", "source block outside");
+  CHECK(swap_error(set, {-1, 1}, 4, 4) == "ERR_INVALID_ARGUMENT", "negative source block");
+  CHECK(swap_error(set, {0, 4}, 4, 4) == "ERR_INVALID_ARGUMENT", "destination block outside");
+  CHECK(swap_error(set, {0, 2, 1, 2}, 4, 4) == "ERR_INVALID_ARGUMENT", "destination twice");
+  SwapSet overlap(4, 4, {64});
+  overlap.dst[0] = overlap.src[0];
+  std::vector<SwapRegion> regions = overlap.regions();
+  regions[0].dst = overlap.src[0].data() + 64;  // the destination is the source, one block on
+  const std::vector<int32_t> pairs = {0, 1};
+  auto s = cpu();
+  bool threw = false;
+  try {
+    swap_blocks(SwapBlocksArgs{regions.data(), 1, pairs.data(), 1, 4, 3}, *s, *s);
+  } catch (const Error& e) {
+    threw = e.code() == ErrorCode::InvalidArgument && std::string(e.what()).find("overlap") != std::string::npos;
+  }
+  CHECK(threw, "overlapping source and destination must be rejected");
+  regions[0].block_bytes = 0;
+  threw = false;
+  try {
+    swap_blocks(SwapBlocksArgs{regions.data(), 1, pairs.data(), 1, 4, 3}, *s, *s);
+  } catch (const Error& e) {
+    threw = e.code() == ErrorCode::InvalidArgument;
+  }
+  CHECK(threw, "a zero block size must be rejected");
+}
+
+TEST(cuda_swap_blocks_to_and_from_pinned_and_pageable_host_memory) {
+  static const CudaInfo info = cuda_info();
+  if (!info.available) SKIP("no CUDA device: ", info.reason);
+  auto gpu = default_stream(Device{DeviceKind::Cuda, 0});
+  auto host = cpu();
+  MemoryResourcePtr device_memory = default_memory_resource(gpu->device());
+  MemoryResourcePtr pinned = make_pinned_host_resource();
+  const int64_t device_blocks = 24, host_blocks = 9;
+  const std::vector<int32_t> out_pairs = {20, 0, 21, 1, 22, 2, 5, 8, 13, 4};
+  const std::vector<int32_t> in_pairs = {0, 10, 1, 11, 2, 12, 8, 3, 4, 23};
+  for (bool use_pinned : {true, false}) {
+    // The reference: the same swaps between two CPU caches.
+    SwapSet ref_out(device_blocks, host_blocks, kSwapBlockBytes);
+    const auto want_host = ref_out.expected(out_pairs);
+    SwapSet ref_in(host_blocks, device_blocks, kSwapBlockBytes);
+    ref_in.src = want_host;
+    ref_in.dst = ref_out.src;
+    std::vector<std::vector<uint8_t>> want_device = ref_in.dst;
+    for (size_t r = 0; r < kSwapBlockBytes.size(); ++r)
+      for (size_t i = 0; i < in_pairs.size(); i += 2)
+        std::memcpy(want_device[r].data() + in_pairs[i + 1] * kSwapBlockBytes[r], want_host[r].data() + in_pairs[i] * kSwapBlockBytes[r], kSwapBlockBytes[r]);
+    // Device caches hold ref_out.src; host caches start as 0xEE, pinned or pageable.
+    std::vector<void*> dev, hst;
+    std::vector<std::vector<uint8_t>> pageable(kSwapBlockBytes.size());
+    std::vector<SwapRegion> out_regions, in_regions;
+    for (size_t r = 0; r < kSwapBlockBytes.size(); ++r) {
+      const size_t dbytes = device_blocks * kSwapBlockBytes[r], hbytes = host_blocks * kSwapBlockBytes[r];
+      dev.push_back(device_memory->allocate(dbytes, *gpu));
+      upload(ref_out.src[r].data(), dev[r], dbytes, *gpu);
+      if (use_pinned) hst.push_back(pinned->allocate(hbytes, *host));
+      else hst.push_back((pageable[r] = std::vector<uint8_t>(hbytes)).data());
+      std::memset(hst[r], 0xEE, hbytes);
+      out_regions.push_back({dev[r], hst[r], kSwapBlockBytes[r]});
+      in_regions.push_back({hst[r], dev[r], kSwapBlockBytes[r]});
+    }
+    const int64_t n = static_cast<int64_t>(kSwapBlockBytes.size());
+    swap_blocks(SwapBlocksArgs{out_regions.data(), n, out_pairs.data(), 5, device_blocks, host_blocks}, *gpu, *host);
+    host->synchronize();
+    for (size_t r = 0; r < kSwapBlockBytes.size(); ++r)
+      CHECK(std::memcmp(hst[r], want_host[r].data(), want_host[r].size()) == 0, use_pinned ? "pinned" : "pageable", " swap out, region ", r);
+    swap_blocks(SwapBlocksArgs{in_regions.data(), n, in_pairs.data(), 5, host_blocks, device_blocks}, *host, *gpu);
+    for (size_t r = 0; r < kSwapBlockBytes.size(); ++r) {
+      std::vector<uint8_t> got(want_device[r].size());
+      download(dev[r], got.data(), got.size(), *gpu, [] {});
+      gpu->synchronize();
+      CHECK(got == want_device[r], use_pinned ? "pinned" : "pageable", " swap in, region ", r);
+    }
+    for (size_t r = 0; r < kSwapBlockBytes.size(); ++r) {
+      device_memory->deallocate(dev[r], device_blocks * kSwapBlockBytes[r], *gpu);
+      if (use_pinned) pinned->deallocate(hst[r], host_blocks * kSwapBlockBytes[r], *host);
+    }
+    gpu->synchronize();
+    host->synchronize();
   }
 }
