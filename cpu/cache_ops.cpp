@@ -158,16 +158,22 @@ void swap_blocks(const SwapBlocksArgs& a, Stream& src_stream, Stream& dst_stream
   if (&src_stream != &dst_stream) dst_stream.wait(src_stream.record());
   as_cpu_stream(dst_stream).enqueue([regions = std::vector<SwapRegion>(a.regions, a.regions + a.num_regions),
                                      runs = std::move(runs)] {
-    // One job per (run, region): whole-block memcpys, a few KiB to MiBs each.
+    // One job per (run, region): whole-block memcpys, a few KiB to MiBs each; the pool only when
+    // there is enough to copy to repay waking it.
     const int64_t jobs = static_cast<int64_t>(runs.size() * regions.size());
-    ThreadPool::global().parallel_for(jobs, 1, [&](int64_t begin, int64_t end) {
+    auto copy = [&](int64_t begin, int64_t end) {
       for (int64_t j = begin; j < end; ++j) {
         const BlockRun& run = runs[j / regions.size()];
         const SwapRegion& g = regions[j % regions.size()];
         std::memcpy(static_cast<char*>(g.dst) + run.dst * g.block_bytes,
                     static_cast<const char*>(g.src) + run.src * g.block_bytes, run.count * g.block_bytes);
       }
-    });
+    };
+    int64_t blocks = 0, block_bytes = 0;
+    for (const BlockRun& run : runs) blocks += run.count;
+    for (const SwapRegion& g : regions) block_bytes += g.block_bytes;
+    if (blocks * block_bytes < (int64_t{8} << 20)) copy(0, jobs);
+    else ThreadPool::global().parallel_for(jobs, 1, copy);
   });
   // The source's blocks are reused (or freed) in its own stream's order: keep that after the copies.
   if (&src_stream != &dst_stream) src_stream.wait(dst_stream.record());
