@@ -8,8 +8,10 @@
  *
  * Decode tokens/s is wall-clock, from the first token to the last as the caller receives them
  * (scheduling, sampling and the event loop included), best of --reps runs; the fraction beside it
- * is weight bytes per token × tokens/s ÷ the read bandwidth measured in this run (every weight
- * but the embedding table, which is only gathered, is read once per decoded token). Prefill is
+ * is weight bytes per token × tokens/s ÷ the read bandwidth measured just before that run (every
+ * weight but the embedding table, which is only gathered, is read once per decoded token; the
+ * bandwidth is measured before each run because on a shared VM it moves by a fifth or more within
+ * minutes, so one figure for the whole run would flatter some runs and wrong others). Prefill is
  * the time to the first token (the 128-token forward, its sampling and the Engine around it).
  *
  *   npm run bench:cpu-decode
@@ -34,9 +36,11 @@ interface Run {
   prefillMs: number;
   decodeTokensPerSecond: number;
   stepMs: number;
+  /** The read bandwidth measured just before this run (bytes/s): this VM's moves by 20–30 % within minutes. */
+  bandwidth: number;
 }
 
-async function measure(dir: string, promptLen: number, genLen: number, reps: number): Promise<{ weightBytesPerToken: number; weightsBytes: number; runs: Run[] }> {
+async function measure(dir: string, promptLen: number, genLen: number, reps: number, bandwidth: () => number): Promise<{ weightBytesPerToken: number; weightsBytes: number; runs: Run[] }> {
   const steps: Array<{ durationMs: number; decodeTokens: number; prefillTokens: number }> = [];
   const engine = await Engine.create({
     model: dir, device: 'cpu', logger: null, maxNumSeqs: 1, maxModelLen: promptLen + genLen + 16,
@@ -52,6 +56,7 @@ async function measure(dir: string, promptLen: number, genLen: number, reps: num
     await engine.generate({ promptTokenIds: prompt(999) }, { maxTokens: 4, ignoreEos: true }).result();  // warm-up
     const runs: Run[] = [];
     for (let r = 0; r < reps; r++) {
+      const bytesPerSecond = bandwidth();
       steps.length = 0;
       const times: number[] = [];
       const t0 = performance.now();
@@ -64,6 +69,7 @@ async function measure(dir: string, promptLen: number, genLen: number, reps: num
         prefillMs: times[0]! - t0,
         decodeTokensPerSecond: ((genLen - 1) * 1000) / (times[genLen - 1]! - times[0]!),
         stepMs: decodeSteps.reduce((a, s) => a + s.durationMs, 0) / decodeSteps.length,
+        bandwidth: bytesPerSecond,
       });
     }
     return { weightBytesPerToken, weightsBytes, runs };
@@ -83,7 +89,14 @@ async function main(): Promise<void> {
   const keep = arg('models', '');
   const tmp = keep || fs.mkdtempSync(path.join(os.tmpdir(), 'pagedllm-cpu-decode-'));
   const rows = [];
-  let bandwidth: { what: string; bytesPerSecond: number } | null = null;
+  let what = '';
+  const bandwidths: number[] = [];
+  const bandwidth = (): number => {
+    const b = readBandwidth('cpu');
+    what = b.what;
+    bandwidths.push(b.bytesPerSecond);
+    return b.bytesPerSecond;
+  };
   try {
     for (const variant of variants) {
       const dir = path.join(tmp, variant);
@@ -91,32 +104,35 @@ async function main(): Promise<void> {
       if (!fs.existsSync(path.join(dir, 'config.json'))) await makeTestModel({ out: dir, ...SHAPE, dtype: 'float16', maxPositionEmbeddings: 1024, initStd: 0.02, awq: variant === 'int4' ? { groupSize: 128, alphaGrid: 1 } : undefined });
       else console.log(`${variant}: reusing ${dir}`);
       console.log(`${variant}: model ready in ${((performance.now() - t) / 1000).toFixed(1)} s`);
-      // Measured between the variants' runs, so both see the machine as it is now.
-      bandwidth ??= readBandwidth('cpu');
-      const m = await measure(dir, promptLen, genLen, reps);
-      console.log(`${variant}: ${m.runs.map((r) => `decode ${r.decodeTokensPerSecond.toFixed(1)} tok/s, prefill ${r.prefillMs.toFixed(0)} ms`).join('; ')}`);
+      // Each run's fraction is of the bandwidth measured just before it.
+      const m = await measure(dir, promptLen, genLen, reps, bandwidth);
+      const fraction = (r: Run): number => (m.weightBytesPerToken * r.decodeTokensPerSecond) / r.bandwidth;
+      console.log(`${variant}: ${m.runs.map((r) => `decode ${r.decodeTokensPerSecond.toFixed(1)} tok/s (${(100 * fraction(r)).toFixed(1)} % of ${(r.bandwidth / 1e9).toFixed(1)} GB/s), prefill ${r.prefillMs.toFixed(0)} ms`).join('; ')}`);
       const best = m.runs.reduce((a, b) => (b.decodeTokensPerSecond > a.decodeTokensPerSecond ? b : a));
       const median = [...m.runs].sort((a, b) => a.decodeTokensPerSecond - b.decodeTokensPerSecond)[Math.floor(m.runs.length / 2)]!;
+      const medianFraction = m.runs.map(fraction).sort((a, b) => a - b)[Math.floor(m.runs.length / 2)]!;
       const bestPrefill = Math.min(...m.runs.map((r) => r.prefillMs));
-      const fraction = (tps: number): number => (m.weightBytesPerToken * tps) / bandwidth!.bytesPerSecond;
       const ref = LLAMA_CPP[variant];
       rows.push({
         variant, weightsBytes: m.weightsBytes, weightBytesPerToken: m.weightBytesPerToken,
-        decodeTokensPerSecond: Number(best.decodeTokensPerSecond.toFixed(1)), decodeBandwidthFraction: Number(fraction(best.decodeTokensPerSecond).toFixed(3)),
-        decodeTokensPerSecondMedian: Number(median.decodeTokensPerSecond.toFixed(1)), decodeBandwidthFractionMedian: Number(fraction(median.decodeTokensPerSecond).toFixed(3)),
+        decodeTokensPerSecond: Number(best.decodeTokensPerSecond.toFixed(1)), decodeBandwidthFraction: Number(fraction(best).toFixed(3)),
+        decodeTokensPerSecondMedian: Number(median.decodeTokensPerSecond.toFixed(1)), decodeBandwidthFractionMedian: Number(medianFraction.toFixed(3)),
         decodeStepMs: Number(best.stepMs.toFixed(2)),
         prefillMs: Number(bestPrefill.toFixed(1)), prefillTokensPerSecond: Number(((promptLen * 1000) / bestPrefill).toFixed(1)),
-        llamaCpp: ref, runs: m.runs.map((r) => ({ prefillMs: Number(r.prefillMs.toFixed(1)), decodeTokensPerSecond: Number(r.decodeTokensPerSecond.toFixed(1)), stepMs: Number(r.stepMs.toFixed(2)) })),
+        llamaCpp: ref, runs: m.runs.map((r) => ({
+          prefillMs: Number(r.prefillMs.toFixed(1)), decodeTokensPerSecond: Number(r.decodeTokensPerSecond.toFixed(1)), stepMs: Number(r.stepMs.toFixed(2)),
+          bandwidthBytesPerSecond: Math.round(r.bandwidth), decodeBandwidthFraction: Number(fraction(r).toFixed(3)),
+        })),
       });
     }
   } finally {
     if (!keep) fs.rmSync(tmp, { recursive: true, force: true });
   }
-  console.log(`read bandwidth: ${bandwidth!.what} = ${(bandwidth!.bytesPerSecond / 1e9).toFixed(1)} GB/s`);
+  console.log(`read bandwidth: ${what}, before each run: ${bandwidths.map((b) => (b / 1e9).toFixed(1)).join(', ')} GB/s`);
   console.table(rows.map((r) => ({
     weights: r.variant, 'MB/token': (r.weightBytesPerToken / 1e6).toFixed(1),
     'decode tok/s (best)': r.decodeTokensPerSecond, 'of bandwidth': `${(100 * r.decodeBandwidthFraction).toFixed(1)} %`,
-    'decode tok/s (median)': r.decodeTokensPerSecondMedian, 'step ms': r.decodeStepMs,
+    'decode tok/s (median)': r.decodeTokensPerSecondMedian, 'of bandwidth (median)': `${(100 * r.decodeBandwidthFractionMedian).toFixed(1)} %`, 'step ms': r.decodeStepMs,
     'prefill ms': r.prefillMs, 'prefill tok/s': r.prefillTokensPerSecond,
     'llama.cpp decode tok/s': r.llamaCpp.decodeTokensPerSecond, 'llama.cpp prefill ms': r.llamaCpp.prefillMs,
   })));
@@ -126,7 +142,8 @@ async function main(): Promise<void> {
     benchmark: 'cpu-decode', device: info.cpu.modelName || info.cpu.arch, threads, simdPath: info.cpu.simdPath, commit: gitCommit(), date,
     command: `PAGEDLLM_THREADS=${threads} node build-bench/cpu-decode.bench.js ${process.argv.slice(2).join(' ')}`.trim(),
     model: { ...SHAPE, dtype: 'float16', awq: 'int4, group 128, zero points (GEMM layout); embed_tokens and lm_head float16' },
-    promptTokens: promptLen, generatedTokens: genLen, reps, bandwidth, rows,
+    promptTokens: promptLen, generatedTokens: genLen, reps,
+    bandwidth: { what: `${what}, measured before each run; each run's fraction is of its own`, bytesPerSecond: bandwidths.map(Math.round) }, rows,
     note: 'llamaCpp figures are the issue\'s reference (node-llama-cpp 3.22.1, 2 threads, this shape), not measured in this run',
   }, null, 2)}\n`);
   console.log(`results: ${out}`);
