@@ -41,10 +41,12 @@ interface Run {
 }
 
 async function measure(dir: string, promptLen: number, genLen: number, reps: number, bandwidth: () => number): Promise<{ weightBytesPerToken: number; weightsBytes: number; runs: Run[] }> {
-  const steps: Array<{ durationMs: number; decodeTokens: number; prefillTokens: number }> = [];
+  // `started`: when the step began, so that a step of the warm-up still finishing when a run starts
+  // (its end delayed by the bandwidth measurement, which blocks the event loop) is not counted.
+  const steps: Array<{ durationMs: number; prefillTokens: number; started: number }> = [];
   const engine = await Engine.create({
     model: dir, device: 'cpu', logger: null, maxNumSeqs: 1, maxModelLen: promptLen + genLen + 16,
-    maxNumBatchedTokens: Math.max(promptLen, 256), prefixCaching: false, onStep: (s) => steps.push(s),
+    maxNumBatchedTokens: Math.max(promptLen, 256), prefixCaching: false, onStep: (s) => steps.push({ durationMs: s.durationMs, prefillTokens: s.prefillTokens, started: performance.now() - s.durationMs }),
   });
   try {
     const c = engine.model.config;
@@ -64,7 +66,7 @@ async function measure(dir: string, promptLen: number, genLen: number, reps: num
         for (let i = 0; i < chunk.tokenIds.length; i++) times.push(performance.now());
       }
       if (times.length !== genLen) throw new Error(`expected ${genLen} tokens, got ${times.length}`);
-      const decodeSteps = steps.filter((s) => s.prefillTokens === 0);
+      const decodeSteps = steps.filter((s) => s.prefillTokens === 0 && s.started >= t0);
       runs.push({
         prefillMs: times[0]! - t0,
         decodeTokensPerSecond: ((genLen - 1) * 1000) / (times[genLen - 1]! - times[0]!),
