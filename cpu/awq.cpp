@@ -253,6 +253,9 @@ void run_gemm_i8(const AwqLinearArgs& a) {
 void run_awq_linears(const std::vector<AwqLinearArgs>& ops, CpuSimd simd) {
   if (ops.empty() || ops.front().num_tokens == 0) return;
   if (ops.front().num_tokens <= awq_kernels::kAwqGemvMaxRows) {  // each layout's ops as one pass
+    const AwqLayout layout = ops.front().weight.layout;
+    if (std::all_of(ops.begin(), ops.end(), [&](const AwqLinearArgs& a) { return a.weight.layout == layout; }))
+      return layout == AwqLayout::Slab8 ? run_gemv_i8(ops) : run_gemv(ops, simd);  // the usual case: no split
     std::vector<AwqLinearArgs> slab, autoawq;
     for (const AwqLinearArgs& a : ops) (a.weight.layout == AwqLayout::Slab8 ? slab : autoawq).push_back(a);
     if (!slab.empty()) run_gemv_i8(slab);
