@@ -59,6 +59,23 @@ void check_awq_dequantize(const AwqDequantizeArgs& a) {
 
 LinearOut out_of(const AwqLinearArgs& a) { return {a.out, a.out_dtype, a.out_stride, a.bias, a.bias_dtype}; }
 
+// One path's kernels (the int8 ones are null on the portable path, which never sees Slab8 weights;
+// the activations are quantized by the AVX2 routine on both wider paths).
+struct Kernels {
+  void (*gemv)(const awq_kernels::AwqGemvJob&);
+  void (*gemm)(const awq_kernels::AwqGemmJob&);
+  void (*pack_x)(const linear_kernels::PackXJob&);
+  void (*gemv_i8)(const awq_kernels::AwqGemvI8Job&);
+  void (*gemm_i8)(const awq_kernels::AwqGemmI8Job&);
+};
+
+Kernels kernels(CpuSimd simd) {
+  using namespace awq_kernels;
+  if (simd == CpuSimd::Avx512) return {gemv_avx512, gemm_block_avx512, linear_kernels::pack_x_avx512, gemv_i8_avx512, gemm_i8_avx512};
+  if (simd == CpuSimd::Avx2) return {gemv_avx2, gemm_block_avx2, linear_kernels::pack_x_avx2, gemv_i8_avx2, gemm_i8_avx2};
+  return {gemv_portable, gemm_block_portable, linear_kernels::pack_x_portable, nullptr, nullptr};
+}
+
 // M ≤ 8, for one or more ops of one input (awq_linear_many: same x, M, K and group size): the
 // partial products of row ranges, then their sums. Jobs are ranges of whole `block_rows`-row blocks
 // of an op's weight: each streams a contiguous stretch of it into partial[job] ([M][N]; a few
@@ -112,7 +129,7 @@ void run_row_jobs(const std::vector<AwqLinearArgs>& ops, int64_t block_rows, Job
 }
 
 // The float32 gemv: x converted to float32 once per call, with its sums per block of rows.
-void run_gemv(const std::vector<AwqLinearArgs>& ops, CpuSimd simd) {
+void run_gemv(const std::vector<AwqLinearArgs>& ops, const Kernels& kern) {
   using namespace awq_kernels;
   const AwqLinearArgs& a0 = ops.front();
   const int64_t M = a0.num_tokens, K = a0.weight.in_features;
@@ -130,15 +147,14 @@ void run_gemv(const std::vector<AwqLinearArgs>& ops, CpuSimd simd) {
       xsum[m * blocks + b] = sum;
     }
   }
-  auto gemv = simd == CpuSimd::Avx2 ? gemv_avx2 : gemv_portable;
   run_row_jobs(ops, kb, [&](const AwqLinearArgs& a, int64_t k0, int64_t k1, float* y, AlignedFloats& scratch) {
     const int64_t N = a.weight.out_features;
-    gemv(AwqGemvJob{x, xsum, M, &a.weight, k0, k1, 0, N / 8, y, N, scratch.get(awq_gemv_scratch_floats(M, N / 8))});
+    kern.gemv(AwqGemvJob{x, xsum, M, &a.weight, k0, k1, 0, N / 8, y, N, scratch.get(awq_gemv_scratch_floats(M, N / 8))});
   });
 }
 
-// The int8 gemv over Slab8 weights (AVX2): x quantized once per call (awq_quantize_activations).
-void run_gemv_i8(const std::vector<AwqLinearArgs>& ops) {
+// The int8 gemv over Slab8 weights (AVX2, AVX-512): x quantized once per call (awq_quantize_activations).
+void run_gemv_i8(const std::vector<AwqLinearArgs>& ops, const Kernels& kern) {
   using namespace awq_kernels;
   const AwqLinearArgs& a0 = ops.front();
   const int64_t M = a0.num_tokens, K = a0.weight.in_features;  // a multiple of 32 (Slab8)
@@ -159,12 +175,12 @@ void run_gemv_i8(const std::vector<AwqLinearArgs>& ops) {
   const float* const sums = sum_storage.data();
   run_row_jobs(ops, kAwqI8BlockRows, [&](const AwqLinearArgs& a, int64_t k0, int64_t k1, float* y, AlignedFloats& scratch) {
     const int64_t N = a.weight.out_features;
-    gemv_i8_avx2(AwqGemvI8Job{codes, K, scales, sums, xblocks, M, &a.weight, k0, k1, y, N,
+    kern.gemv_i8(AwqGemvI8Job{codes, K, scales, sums, xblocks, M, &a.weight, k0, k1, y, N,
                               scratch.get(awq_gemv_i8_scratch_floats(M, N))});
   });
 }
 
-void run_gemm(const AwqLinearArgs& a, CpuSimd simd) {
+void run_gemm(const AwqLinearArgs& a, const Kernels& kern) {
   using namespace awq_kernels;
   const AwqWeight& w = a.weight;
   const int64_t M = a.num_tokens, K = w.in_features, N = w.out_features;
@@ -173,11 +189,9 @@ void run_gemm(const AwqLinearArgs& a, CpuSimd simd) {
   thread_local AlignedFloats xp_storage;  // reused across calls (see run_gemv)
   float* xp = xp_storage.get(panels * K * kAwqGemmMR);
   ThreadPool& pool = ThreadPool::global();
-  auto pack_x = simd == CpuSimd::Avx2 ? linear_kernels::pack_x_avx2 : linear_kernels::pack_x_portable;
   pool.parallel_for(panels, 1, [&](int64_t q0, int64_t q1) {
-    pack_x(linear_kernels::PackXJob{a.x, a.x_stride, a.x_dtype, M, K, q0, q1, xp});
+    kern.pack_x(linear_kernels::PackXJob{a.x, a.x_stride, a.x_dtype, M, K, q0, q1, xp});
   });
-  auto gemm = simd == CpuSimd::Avx2 ? gemm_block_avx2 : gemm_block_portable;
   const int64_t blocks = (N + kAwqGemmNB - 1) / kAwqGemmNB;
   pool.parallel_for(blocks, 1, [&](int64_t b0, int64_t b1) {
     thread_local AlignedFloats c, scratch;
@@ -185,15 +199,15 @@ void run_gemm(const AwqLinearArgs& a, CpuSimd simd) {
       const int64_t n0 = b * kAwqGemmNB, nb = std::min(kAwqGemmNB, N - n0);
       AwqGemmJob job{xp, M, &w, n0, nb, c.get(panels * kAwqGemmMR * kAwqGemmNB), kAwqGemmNB,
                      scratch.get(kAwqGemmNB * kAwqGemmKC)};
-      gemm(job);
+      kern.gemm(job);
       out_of(a).store_tile(job.c, kAwqGemmNB, 0, M, n0, nb);
     }
   });
 }
 
-// The int8 GEMM over a Slab8 weight (AVX2): x quantized and packed in 6-row panels once per call
+// The int8 GEMM over a Slab8 weight (AVX2, AVX-512): x quantized and packed in 6-row panels once per call
 // (threads over panels), then tasks of a few column octets, each over every panel.
-void run_gemm_i8(const AwqLinearArgs& a) {
+void run_gemm_i8(const AwqLinearArgs& a, const Kernels& kern) {
   using namespace awq_kernels;
   constexpr int64_t MR = kAwqI8PanelRows, B = awq::kActivationBlock;
   const AwqWeight& w = a.weight;
@@ -244,7 +258,7 @@ void run_gemm_i8(const AwqLinearArgs& a) {
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n0 = t * kOctets * 8, nb = std::min(kOctets * 8, N - n0);
       AwqGemmI8Job job{xq, xd, xs, panels, &w, n0, nb, c.get(panels * MR * kOctets * 8), kOctets * 8};
-      gemm_i8_avx2(job);
+      kern.gemm_i8(job);
       out_of(a).store_tile(job.c, job.ldc, 0, M, n0, nb);
     }
   });
@@ -252,19 +266,20 @@ void run_gemm_i8(const AwqLinearArgs& a) {
 
 void run_awq_linears(const std::vector<AwqLinearArgs>& ops, CpuSimd simd) {
   if (ops.empty() || ops.front().num_tokens == 0) return;
+  const Kernels kern = kernels(simd);
   if (ops.front().num_tokens <= awq_kernels::kAwqGemvMaxRows) {  // each layout's ops as one pass
     const AwqLayout layout = ops.front().weight.layout;
     if (std::all_of(ops.begin(), ops.end(), [&](const AwqLinearArgs& a) { return a.weight.layout == layout; }))
-      return layout == AwqLayout::Slab8 ? run_gemv_i8(ops) : run_gemv(ops, simd);  // the usual case: no split
+      return layout == AwqLayout::Slab8 ? run_gemv_i8(ops, kern) : run_gemv(ops, kern);  // the usual case: no split
     std::vector<AwqLinearArgs> slab, autoawq;
     for (const AwqLinearArgs& a : ops) (a.weight.layout == AwqLayout::Slab8 ? slab : autoawq).push_back(a);
-    if (!slab.empty()) run_gemv_i8(slab);
-    if (!autoawq.empty()) run_gemv(autoawq, simd);
+    if (!slab.empty()) run_gemv_i8(slab, kern);
+    if (!autoawq.empty()) run_gemv(autoawq, kern);
     return;
   }
   for (const AwqLinearArgs& a : ops) {
-    if (a.weight.layout == AwqLayout::Slab8) run_gemm_i8(a);
-    else run_gemm(a, simd);
+    if (a.weight.layout == AwqLayout::Slab8) run_gemm_i8(a, kern);
+    else run_gemm(a, kern);
   }
 }
 
@@ -312,7 +327,7 @@ AwqCpuActivations awq_cpu_activations(CpuSimd simd) {
     const char* env = std::getenv("PAGEDLLM_AWQ_ACTIVATIONS");
     return env && std::string(env) == "float32" ? AwqCpuActivations::Float32 : AwqCpuActivations::Int8;
   }();
-  return simd == CpuSimd::Avx2 ? chosen : AwqCpuActivations::Float32;
+  return simd != CpuSimd::Portable ? chosen : AwqCpuActivations::Float32;
 }
 
 const char* awq_cpu_activations_name(AwqCpuActivations activations) {
@@ -325,10 +340,11 @@ const char* awq_layout_name(AwqLayout layout) {
 
 void awq_linear_many_cpu(const AwqLinearArgs* args, size_t count, Stream& stream, CpuSimd simd) {
   check_many(args, count);
-  PAGEDLLM_CHECK(cpu_simd_supported(simd), Unsupported, "awq_linear: this CPU lacks AVX2, FMA or F16C");
+  PAGEDLLM_CHECK(cpu_simd_supported(simd), Unsupported, "awq_linear: this CPU lacks the ", cpu_simd_name(simd),
+                 " path's instructions");
   for (size_t i = 0; i < count; ++i)
-    PAGEDLLM_CHECK(args[i].weight.layout == AwqLayout::AutoAwq || simd == CpuSimd::Avx2, Unsupported,
-                   "awq_linear: a slab8 weight needs the avx2 path (this call runs the ", cpu_simd_name(simd), " one)");
+    PAGEDLLM_CHECK(args[i].weight.layout == AwqLayout::AutoAwq || simd != CpuSimd::Portable, Unsupported,
+                   "awq_linear: a slab8 weight needs the avx2 or avx512 path (this call runs the ", cpu_simd_name(simd), " one)");
   if (count == 0 || args[0].num_tokens == 0) return;
   as_cpu_stream(stream).enqueue([ops = std::vector<AwqLinearArgs>(args, args + count), simd] { run_awq_linears(ops, simd); });
 }

@@ -29,9 +29,11 @@
 //   transpose) and runs the 6 × 16 register tile of linear_tile.h over
 //   every 6-row panel of the activations (packed by linear_tile.h pack_x).
 //
-// Compiled twice, like linear_tile.h: awq_tile.cpp (portable: GCC/Clang 4-wide
-// vector extensions or plain loops) and awq_tile_avx2.cpp (AVX2 + FMA + F16C,
-// chosen at run time). Nothing here allocates or calls a shared template, so
+// Compiled three times, like linear_tile.h: awq_tile.cpp (portable: GCC/Clang
+// 4-wide vector extensions or plain loops), awq_tile_avx2.cpp (AVX2 + FMA +
+// F16C) and awq_tile_avx512.cpp (AVX-512 + VNNI: the int8 dot products are
+// vpdpbusd, and the float gemm runs linear_tile.h's 512-bit tile), chosen at run
+// time. Nothing here allocates or calls a shared template, so
 // the AVX2 build emits nothing that a file built for another target also emits
 // (the register tile and pack it takes from linear_tile.h are built for the
 // same target in both).
@@ -81,7 +83,7 @@ struct AwqGemmJob {
   float* scratch;  // kAwqGemmNB · kAwqGemmKC floats, 32-byte aligned
 };
 
-// ---- gemv with int8 activations over a Slab8 weight (AVX2 only) -------------------------------
+// ---- gemv with int8 activations over a Slab8 weight (AVX2 and AVX-512 paths) -----------------
 // The product of gemv over whole rows with x quantized by awq_quantize_activations (awq.h): per
 // 16-row activation block (two slabs) and column, Σ c·q is exact in integers — each slab's 32-byte
 // vector of 8 columns, masked to its low and its high nibbles, times the 4 broadcast codes of those
@@ -106,8 +108,9 @@ struct AwqGemvI8Job {
 };
 constexpr int64_t awq_gemv_i8_scratch_floats(int64_t m, int64_t n) { return m * n; }
 void gemv_i8_avx2(const AwqGemvI8Job& job);
+void gemv_i8_avx512(const AwqGemvI8Job& job);
 
-// ---- gemm with int8 activations over a Slab8 weight (AVX2 only) -------------------------------
+// ---- gemm with int8 activations over a Slab8 weight (AVX2 and AVX-512 paths) -----------------
 // The same arithmetic as gemv_i8 for any M: x quantized per 16 values and packed in 6-row panels;
 // a task is a range of column octets, each multiplied by every panel with a 6 × 8 register tile
 // over all of K (the octet's K/8 words, 4·K bytes, stay in L1 across the panels): per 16-row block
@@ -125,6 +128,7 @@ struct AwqGemmI8Job {
   int64_t ldc;
 };
 void gemm_i8_avx2(const AwqGemmI8Job& job);
+void gemm_i8_avx512(const AwqGemmI8Job& job);
 // awq_quantize_activations of x[0, n) with AVX2 (the same codes and scales), plus sums[b] = d_b · Σ c.
 void quantize_activations_avx2(const float* x, int64_t n, int8_t* codes, float* scales, float* sums);
 
@@ -132,6 +136,8 @@ void gemv_portable(const AwqGemvJob& job);
 void gemv_avx2(const AwqGemvJob& job);
 void gemm_block_portable(const AwqGemmJob& job);
 void gemm_block_avx2(const AwqGemmJob& job);
+void gemv_avx512(const AwqGemvJob& job);
+void gemm_block_avx512(const AwqGemmJob& job);
 
 }  // namespace pagedllm::awq_kernels
 
@@ -150,7 +156,10 @@ namespace pagedllm::awq_kernels {
 namespace PAGEDLLM_TILE_NAMESPACE {
 
 using namespace simd::PAGEDLLM_TILE_NAMESPACE;
-using linear_kernels::PAGEDLLM_TILE_NAMESPACE::micro_6x16;
+using linear_kernels::PAGEDLLM_TILE_NAMESPACE::run_tiles;
+static_assert(kAwqGemmMR == linear_kernels::kGemmMR && kAwqGemmNR == linear_kernels::kGemmNR &&
+                  kAwqGemmKC == linear_kernels::kGemmKC,
+              "gemm_block runs linear_tile.h's register tiles over its packed steps");
 #if PAGEDLLM_TILE_AVX2
 using linear_kernels::PAGEDLLM_TILE_NAMESPACE::transpose8;
 #endif
@@ -392,7 +401,7 @@ inline void gemv(const AwqGemvJob& job) {
   with_rows(job.m, [&](auto m) { gemv_m<decltype(m)::value>(job); });
 }
 
-// ---- gemv, int8 activations (AVX2) ---------------------------------------------------------------
+// ---- gemv, int8 activations (AVX2, AVX-512) ------------------------------------------------------
 #if PAGEDLLM_TILE_AVX2
 
 inline void quantize_activations(const float* x, int64_t n, int8_t* codes, float* scales, float* sums) {
@@ -439,13 +448,25 @@ inline void quantize_activations(const float* x, int64_t n, int8_t* codes, float
 }
 
 // Σ c·q of one 16-row block (slabs v0, v1) for one octet, per column: int32 → float32.
+// Σ_{t<4} (4 codes of u) · (4 codes of x[t]) per 32-bit lane, for the masked slabs u = l0, h0, l1, h1.
+// AVX2: vpmaddubsw (pairs summed in int16: exact, see above), three adds and vpmaddwd by ones.
+// AVX-512 VNNI: four vpdpbusd (the 4 products of a lane summed straight into int32). Both sums are
+// exact integers, so both paths give the same bits.
+inline __m256i dot4x4(__m256i l0, __m256i h0, __m256i l1, __m256i h1, __m256i x0, __m256i x1, __m256i x2, __m256i x3) {
+#if PAGEDLLM_TILE_AVX512
+  return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), l0, x0), h0, x1), l1, x2), h1, x3);
+#else
+  const __m256i p = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(l0, x0), _mm256_maddubs_epi16(h0, x1)),
+                                     _mm256_add_epi16(_mm256_maddubs_epi16(l1, x2), _mm256_maddubs_epi16(h1, x3)));
+  return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+#endif
+}
+
 inline __m256 block_sum(__m256i v0, __m256i v1, const __m256i (&x)[4]) {
-  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  const __m256i low = _mm256_set1_epi8(0x0F);
   const __m256i l0 = _mm256_and_si256(v0, low), h0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low);
   const __m256i l1 = _mm256_and_si256(v1, low), h1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low);
-  const __m256i p = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(l0, x[0]), _mm256_maddubs_epi16(h0, x[1])),
-                                     _mm256_add_epi16(_mm256_maddubs_epi16(l1, x[2]), _mm256_maddubs_epi16(h1, x[3])));
-  return _mm256_cvtepi32_ps(_mm256_madd_epi16(p, ones));
+  return _mm256_cvtepi32_ps(dot4x4(l0, h0, l1, h1, x[0], x[1], x[2], x[3]));
 }
 
 // Steps of 32 rows (two activation blocks, four slabs: jobs and groups are whole steps), so each
@@ -471,11 +492,11 @@ inline void gemv_i8_m(const AwqGemvI8Job& job) {
     const int64_t b = k / B, g = k / G;
     const bool group_start = k == job.k0 || k % G == 0;
     __m256i xc[M][8];  // codes of rows k … k+31, 4 at a time
+    int32_t quads[M][8];
     __m256 d0[M], d1[M];
     for (int i = 0; i < M; ++i) {
-      int32_t quads[8];
-      std::memcpy(quads, job.xq + i * job.xq_stride + k, sizeof quads);
-      for (int t = 0; t < 8; ++t) xc[i][t] = _mm256_set1_epi32(quads[t]);
+      std::memcpy(quads[i], job.xq + i * job.xq_stride + k, sizeof quads[i]);
+      for (int t = 0; t < 8; ++t) xc[i][t] = _mm256_set1_epi32(quads[i][t]);
       d0[i] = _mm256_set1_ps(job.xscale[i * job.xblocks + b]);
       d1[i] = _mm256_set1_ps(job.xscale[i * job.xblocks + b + 1]);
       if (group_start) sx[i] = 0.0f;
@@ -484,7 +505,40 @@ inline void gemv_i8_m(const AwqGemvI8Job& job) {
     }
     const int32_t* const s0 = w.qweight + (k / 8) * N;  // slabs of rows k … k+31: s0 + t·N, t < 4
     const bool next = k + S < w.in_features;
-    for (int64_t j = 0; j < octets; ++j) {
+    int64_t j = 0;
+#if PAGEDLLM_TILE_AVX512
+    // Two octets at once (one 64-byte line of each slab, one zmm): per column the same operations in
+    // the same order as the loop below, so the same bits, with half the instructions per column.
+    for (; j + 2 <= octets; j += 2) {
+      if (next)
+        for (int t = 4; t < 8; ++t) __builtin_prefetch(s0 + t * N + 8 * j, 0, 2);
+      const __m512i low = _mm512_set1_epi8(0x0F);
+      __m512i l[4], h[4];
+      for (int t = 0; t < 4; ++t) {
+        const __m512i v = _mm512_loadu_si512(s0 + t * N + 8 * j);
+        l[t] = _mm512_and_si512(v, low);
+        h[t] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
+      }
+#pragma GCC unroll 8
+      for (int i = 0; i < M; ++i) {
+        float* const f = facc + i * N + 8 * j;
+        const int32_t* const q = quads[i];
+        __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), l[0], _mm512_set1_epi32(q[0]));
+        a = _mm512_dpbusd_epi32(a, h[0], _mm512_set1_epi32(q[1]));
+        a = _mm512_dpbusd_epi32(a, l[1], _mm512_set1_epi32(q[2]));
+        a = _mm512_dpbusd_epi32(a, h[1], _mm512_set1_epi32(q[3]));
+        __m512i b = _mm512_dpbusd_epi32(_mm512_setzero_si512(), l[2], _mm512_set1_epi32(q[4]));
+        b = _mm512_dpbusd_epi32(b, h[2], _mm512_set1_epi32(q[5]));
+        b = _mm512_dpbusd_epi32(b, l[3], _mm512_set1_epi32(q[6]));
+        b = _mm512_dpbusd_epi32(b, h[3], _mm512_set1_epi32(q[7]));
+        const __m512 e0 = _mm512_set1_ps(_mm256_cvtss_f32(d0[i])), e1 = _mm512_set1_ps(_mm256_cvtss_f32(d1[i]));
+        const __m512 first = group_start ? _mm512_mul_ps(_mm512_cvtepi32_ps(a), e0)
+                                         : _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), e0, _mm512_loadu_ps(f));
+        _mm512_storeu_ps(f, _mm512_fmadd_ps(_mm512_cvtepi32_ps(b), e1, first));
+      }
+    }
+#endif
+    for (; j < octets; ++j) {
       if (next && (j & 1) == 0)  // the next step, 64 bytes of each slab per 64 bytes read here
         for (int t = 4; t < 8; ++t) __builtin_prefetch(s0 + t * N + 8 * j, 0, 2);
       const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s0 + 8 * j));
@@ -529,15 +583,73 @@ inline __m256i broadcast4(const int8_t* p) {
   return _mm256_set1_epi32(v);
 }
 
+#if PAGEDLLM_TILE_AVX512
+// gemm_i8 on two octets at once (columns 8j … 8j+15: one 64-byte line of each slab, one zmm): the
+// same operations per column in the same order as the 8-column code below, so the same bits, with
+// half the instructions per column.
+inline void gemm_i8_pair(const AwqGemmI8Job& job, int64_t o) {
+  constexpr int MR = static_cast<int>(kAwqI8PanelRows);
+  const AwqWeight& w = *job.w;
+  const int64_t K = w.in_features, N = w.out_features, G = w.group_size, B = awq::kActivationBlock;
+  const int64_t blocks = K / B, groups = K / G, per_group = G / B;
+  const __m512i low = _mm512_set1_epi8(0x0F), fifteen = _mm512_set1_epi32(15);
+  const __m512i shifts = _mm512_setr_epi32(awq::column_shift(0), awq::column_shift(1), awq::column_shift(2), awq::column_shift(3),
+                                           awq::column_shift(4), awq::column_shift(5), awq::column_shift(6), awq::column_shift(7),
+                                           awq::column_shift(0), awq::column_shift(1), awq::column_shift(2), awq::column_shift(3),
+                                           awq::column_shift(4), awq::column_shift(5), awq::column_shift(6), awq::column_shift(7));
+  const int64_t j = job.n0 / 8 + o;  // octets j, j + 1
+  const int32_t* const wcol = w.qweight + 8 * j;
+  for (int64_t p = 0; p < job.panels; ++p) {
+    const int8_t* const xq = job.xq + p * blocks * MR * B;
+    const float* const xd = job.xscale + p * blocks * MR;
+    const float* const xs = job.xsum + p * groups * MR;
+    __m512 y[MR];
+    for (int m = 0; m < MR; ++m) y[m] = _mm512_setzero_ps();
+    for (int64_t g = 0; g < groups; ++g) {
+      __m512 f[MR];
+      for (int m = 0; m < MR; ++m) f[m] = _mm512_setzero_ps();
+      for (int64_t b = g * per_group; b < (g + 1) * per_group; ++b) {
+        const __m512i v0 = _mm512_loadu_si512(wcol + (2 * b) * N), v1 = _mm512_loadu_si512(wcol + (2 * b + 1) * N);
+        const __m512i l0 = _mm512_and_si512(v0, low), h0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), low);
+        const __m512i l1 = _mm512_and_si512(v1, low), h1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), low);
+        const int8_t* const xb = xq + b * MR * B;
+#pragma GCC unroll 6
+        for (int m = 0; m < MR; ++m) {
+          const int8_t* const r = xb + m * B;
+          int32_t x4[4];
+          std::memcpy(x4, r, sizeof x4);
+          __m512i q = _mm512_dpbusd_epi32(_mm512_setzero_si512(), l0, _mm512_set1_epi32(x4[0]));
+          q = _mm512_dpbusd_epi32(q, h0, _mm512_set1_epi32(x4[1]));
+          q = _mm512_dpbusd_epi32(q, l1, _mm512_set1_epi32(x4[2]));
+          q = _mm512_dpbusd_epi32(q, h1, _mm512_set1_epi32(x4[3]));
+          f[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(xd[b * MR + m]), f[m]);
+        }
+      }
+      const __m512 sv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.scales + g * N + 8 * j)));
+      const int32_t* const zw = w.qzeros + g * (N / 8) + j;
+      const __m512i zs = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(zw[0])), _mm256_set1_epi32(zw[1]), 1);
+      const __m512 zv = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(zs, shifts), fifteen));
+      for (int m = 0; m < MR; ++m) y[m] = _mm512_fmadd_ps(sv, _mm512_fnmadd_ps(zv, _mm512_set1_ps(xs[g * MR + m]), f[m]), y[m]);
+    }
+    float* const c = job.c + p * MR * job.ldc + 8 * o;
+    for (int m = 0; m < MR; ++m) _mm512_storeu_ps(c + m * job.ldc, y[m]);
+  }
+}
+#endif
+
 inline void gemm_i8(const AwqGemmI8Job& job) {
   constexpr int MR = static_cast<int>(kAwqI8PanelRows);
   const AwqWeight& w = *job.w;
   const int64_t K = w.in_features, N = w.out_features, G = w.group_size, B = awq::kActivationBlock;
   const int64_t blocks = K / B, groups = K / G, per_group = G / B;
-  const __m256i low = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1), fifteen = _mm256_set1_epi32(15);
+  const __m256i low = _mm256_set1_epi8(0x0F), fifteen = _mm256_set1_epi32(15);
   const __m256i shifts = _mm256_setr_epi32(awq::column_shift(0), awq::column_shift(1), awq::column_shift(2), awq::column_shift(3),
                                            awq::column_shift(4), awq::column_shift(5), awq::column_shift(6), awq::column_shift(7));
-  for (int64_t o = 0; o < job.nb / 8; ++o) {
+  int64_t o = 0;
+#if PAGEDLLM_TILE_AVX512
+  for (; o + 2 <= job.nb / 8; o += 2) gemm_i8_pair(job, o);
+#endif
+  for (; o < job.nb / 8; ++o) {
     const int64_t j = job.n0 / 8 + o;  // the octet: columns 8j … 8j+7
     const int32_t* const wcol = w.qweight + 8 * j;  // slab r's words at wcol + r · N
     for (int64_t p = 0; p < job.panels; ++p) {
@@ -559,9 +671,8 @@ inline void gemm_i8(const AwqGemmI8Job& job) {
 #pragma GCC unroll 6
           for (int m = 0; m < MR; ++m) {
             const int8_t* const r = xb + m * B;
-            const __m256i q = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(l0, broadcast4(r)), _mm256_maddubs_epi16(h0, broadcast4(r + 4))),
-                                               _mm256_add_epi16(_mm256_maddubs_epi16(l1, broadcast4(r + 8)), _mm256_maddubs_epi16(h1, broadcast4(r + 12))));
-            f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_madd_epi16(q, ones)), _mm256_broadcast_ss(xd + b * MR + m), f[m]);
+            const __m256i q = dot4x4(l0, h0, l1, h1, broadcast4(r), broadcast4(r + 4), broadcast4(r + 8), broadcast4(r + 12));
+            f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), _mm256_broadcast_ss(xd + b * MR + m), f[m]);
           }
         }
         const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales + g * N + 8 * j)));
@@ -647,10 +758,7 @@ inline void gemm_block(const AwqGemmJob& job) {
   for (int64_t k0 = 0; k0 < K; k0 += kAwqGemmKC) {
     const int64_t kc = K - k0 < kAwqGemmKC ? K - k0 : kAwqGemmKC;
     pack_weight(*job.w, job.n0, job.nb, k0, kc, job.scratch);
-    for (int64_t p = 0; p < w_panels; ++p)
-      for (int64_t q = 0; q < x_panels; ++q)
-        micro_6x16(job.xp + (q * K + k0) * kAwqGemmMR, job.scratch + p * kAwqGemmKC * kAwqGemmNR, kc,
-                   job.c + q * kAwqGemmMR * job.ldc + p * kAwqGemmNR, job.ldc, k0 > 0);
+    run_tiles(job.xp + k0 * kAwqGemmMR, K, x_panels, job.scratch, w_panels, kc, job.c, job.ldc, k0 > 0);
   }
 }
 

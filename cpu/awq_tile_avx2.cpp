@@ -2,7 +2,7 @@
 // those instructions whatever the build's target, and called only when the CPU
 // reports all three (cpu/awq.cpp), so one binary runs everywhere.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include "avx2_target.h"
+#include "simd_target.h"
 #include <cstdint>
 #include <cstring>
 #include <type_traits>

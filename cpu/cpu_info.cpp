@@ -92,25 +92,37 @@ bool cpu_simd_supported(CpuSimd simd) {
   if (simd == CpuSimd::Portable) return true;
   const std::vector<std::string>& f = simd_features();
   auto has = [&](const char* name) { return std::find(f.begin(), f.end(), name) != f.end(); };
-  return has("avx2") && has("fma") && has("f16c");
+  const bool avx2 = has("avx2") && has("fma") && has("f16c");
+  if (simd == CpuSimd::Avx2) return avx2;
+  return avx2 && has("avx512f") && has("avx512bw") && has("avx512vl") && has("avx512vnni");
 }
 
 std::vector<CpuSimd> cpu_simd_paths() {
-  std::vector<CpuSimd> paths = {CpuSimd::Portable};
-  if (cpu_simd_supported(CpuSimd::Avx2)) paths.push_back(CpuSimd::Avx2);
+  std::vector<CpuSimd> paths;
+  for (CpuSimd simd : {CpuSimd::Portable, CpuSimd::Avx2, CpuSimd::Avx512})
+    if (cpu_simd_supported(simd)) paths.push_back(simd);
   return paths;
 }
 
 CpuSimd cpu_simd() {
   static const CpuSimd chosen = [] {
-    const char* env = std::getenv("PAGEDLLM_SIMD");
-    if (env && std::string(env) == "portable") return CpuSimd::Portable;
-    return cpu_simd_supported(CpuSimd::Avx2) ? CpuSimd::Avx2 : CpuSimd::Portable;
+    CpuSimd cap = CpuSimd::Avx512;
+    if (const char* env = std::getenv("PAGEDLLM_SIMD")) {
+      const std::string want(env);
+      if (want == "portable") cap = CpuSimd::Portable;
+      else if (want == "avx2") cap = CpuSimd::Avx2;
+    }
+    CpuSimd best = CpuSimd::Portable;
+    for (CpuSimd simd : cpu_simd_paths())
+      if (static_cast<int>(simd) <= static_cast<int>(cap)) best = simd;
+    return best;
   }();
   return chosen;
 }
 
-const char* cpu_simd_name(CpuSimd simd) { return simd == CpuSimd::Avx2 ? "avx2" : "portable"; }
+const char* cpu_simd_name(CpuSimd simd) {
+  return simd == CpuSimd::Avx512 ? "avx512" : simd == CpuSimd::Avx2 ? "avx2" : "portable";
+}
 
 void cpu_memory_info(uint64_t* free_bytes, uint64_t* total_bytes) {
   long pages = sysconf(_SC_PHYS_PAGES);

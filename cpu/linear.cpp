@@ -63,6 +63,7 @@ struct Kernels {
 
 Kernels kernels(CpuSimd simd) {
   using namespace linear_kernels;
+  if (simd == CpuSimd::Avx512) return {gemv_avx512, pack_x_avx512, gemm_block_avx512};
   if (simd == CpuSimd::Avx2) return {gemv_avx2, pack_x_avx2, gemm_block_avx2};
   return {gemv_portable, pack_x_portable, gemm_block_portable};
 }
@@ -170,7 +171,7 @@ void check_many(const LinearArgs* args, size_t count) {
 // ---- entry points ------------------------------------------------------------------------
 
 void linear_many_cpu(const LinearArgs* args, size_t count, Stream& stream, CpuSimd simd) {
-  PAGEDLLM_CHECK(cpu_simd_supported(simd), Unsupported, "linear: this CPU lacks AVX2, FMA or F16C");
+  PAGEDLLM_CHECK(cpu_simd_supported(simd), Unsupported, "linear: this CPU lacks the ", cpu_simd_name(simd), " path's instructions");
   as_cpu_stream(stream).enqueue([ops = std::vector<LinearArgs>(args, args + count), simd] { run_linears(ops, simd); });
 }
 

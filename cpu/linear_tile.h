@@ -15,10 +15,12 @@
 //   block. Ragged edges are zero-padded in the packs, so any M, N, K works;
 //   only valid results are stored by the caller.
 //
-// This header is compiled twice: by linear_tile.cpp (portable: 4-wide GCC/Clang
-// vector extensions, i.e. SSE2 or NEON, or plain loops) and by
-// linear_tile_avx2.cpp (AVX2 + FMA + F16C, chosen at run time when the CPU has
-// them). PAGEDLLM_TILE_AVX2 selects the vector primitives. The tile code never
+// This header is compiled three times: by linear_tile.cpp (portable: 4-wide GCC/Clang
+// vector extensions, i.e. SSE2 or NEON, or plain loops), by linear_tile_avx2.cpp
+// (AVX2 + FMA + F16C) and by linear_tile_avx512.cpp (AVX-512: the same code, but
+// pairs of weight panels run through a 6 × 32 tile of 512-bit registers), each
+// chosen at run time when the CPU has them. PAGEDLLM_TILE_AVX2 selects the vector
+// primitives, PAGEDLLM_TILE_AVX512 (with it) the 512-bit tile. The tile code never
 // allocates and calls no shared template, so the AVX2 build emits no inline
 // function or template instance that another file also emits (no ODR hazard).
 //
@@ -83,6 +85,9 @@ void pack_x_portable(const PackXJob& job);
 void pack_x_avx2(const PackXJob& job);
 void gemm_block_portable(const GemmJob& job);
 void gemm_block_avx2(const GemmJob& job);
+void gemv_avx512(const GemvJob& job);
+void pack_x_avx512(const PackXJob& job);
+void gemm_block_avx512(const GemmJob& job);
 
 }  // namespace pagedllm::linear_kernels
 
@@ -440,6 +445,73 @@ inline void pack_x(const PackXJob& job) {
 #endif
 }
 
+#if PAGEDLLM_TILE_AVX512
+// c[6 × 32] (= or +=) xp panel (kc × 6) · two 16-column weight panels side by side (wp0: columns
+// 0–15, wp1: 16–31): per k, 2 weight loads and 6 broadcasts feed 12 512-bit FMAs — twice the work
+// of micro_6x16's 12 256-bit FMAs for the same loads. Each accumulator sums k in the same order as
+// micro_6x16, so the results are the same bits.
+[[gnu::noinline]] inline void micro_6x32(const float* xp, const float* wp0, const float* wp1, int64_t kc, float* c,
+                                         int64_t ldc, bool accumulate) {
+  __m512 c00 = _mm512_setzero_ps(), c01 = c00, c10 = c00, c11 = c00, c20 = c00, c21 = c00, c30 = c00, c31 = c00,
+         c40 = c00, c41 = c00, c50 = c00, c51 = c00;
+#pragma GCC unroll 4
+  for (int64_t k = 0; k < kc; ++k) {
+    const __m512 w0 = _mm512_loadu_ps(wp0 + k * 16), w1 = _mm512_loadu_ps(wp1 + k * 16);
+    const float* xk = xp + k * 6;
+    __m512 b = _mm512_set1_ps(xk[0]);
+    c00 = _mm512_fmadd_ps(b, w0, c00);
+    c01 = _mm512_fmadd_ps(b, w1, c01);
+    b = _mm512_set1_ps(xk[1]);
+    c10 = _mm512_fmadd_ps(b, w0, c10);
+    c11 = _mm512_fmadd_ps(b, w1, c11);
+    b = _mm512_set1_ps(xk[2]);
+    c20 = _mm512_fmadd_ps(b, w0, c20);
+    c21 = _mm512_fmadd_ps(b, w1, c21);
+    b = _mm512_set1_ps(xk[3]);
+    c30 = _mm512_fmadd_ps(b, w0, c30);
+    c31 = _mm512_fmadd_ps(b, w1, c31);
+    b = _mm512_set1_ps(xk[4]);
+    c40 = _mm512_fmadd_ps(b, w0, c40);
+    c41 = _mm512_fmadd_ps(b, w1, c41);
+    b = _mm512_set1_ps(xk[5]);
+    c50 = _mm512_fmadd_ps(b, w0, c50);
+    c51 = _mm512_fmadd_ps(b, w1, c51);
+  }
+  auto put = [&](int i, __m512 lo, __m512 hi) {
+    float* ci = c + i * ldc;
+    if (accumulate) {
+      lo = _mm512_add_ps(_mm512_loadu_ps(ci), lo);
+      hi = _mm512_add_ps(_mm512_loadu_ps(ci + 16), hi);
+    }
+    _mm512_storeu_ps(ci, lo);
+    _mm512_storeu_ps(ci + 16, hi);
+  };
+  put(0, c00, c01);
+  put(1, c10, c11);
+  put(2, c20, c21);
+  put(3, c30, c31);
+  put(4, c40, c41);
+  put(5, c50, c51);
+}
+#endif
+
+// One K step of a GEMM block: every (weight panel, x panel) pair of tiles, c (= or +=) their product.
+// A weight panel (16 KiB; a pair, 32 KiB, on AVX-512) stays in L1 while the x panels stream from L2.
+// `xp`: the block's first x panel at this step's k0 (panel stride k · 6); `wp`: the packed step.
+inline void run_tiles(const float* xp, int64_t k, int64_t x_panels, const float* wp, int64_t w_panels, int64_t kc,
+                      float* c, int64_t ldc, bool accumulate) {
+  int64_t p = 0;
+#if PAGEDLLM_TILE_AVX512
+  for (; p + 2 <= w_panels; p += 2)
+    for (int64_t q = 0; q < x_panels; ++q)
+      micro_6x32(xp + q * k * kGemmMR, wp + p * kGemmKC * kGemmNR, wp + (p + 1) * kGemmKC * kGemmNR, kc,
+                 c + q * kGemmMR * ldc + p * kGemmNR, ldc, accumulate);
+#endif
+  for (; p < w_panels; ++p)
+    for (int64_t q = 0; q < x_panels; ++q)
+      micro_6x16(xp + q * k * kGemmMR, wp + p * kGemmKC * kGemmNR, kc, c + q * kGemmMR * ldc + p * kGemmNR, ldc, accumulate);
+}
+
 inline void gemm_block(const GemmJob& job) {
   float* const wp = job.scratch;  // [kGemmNB / 16][KC][16]
   const int64_t K = job.k;
@@ -450,11 +522,7 @@ inline void gemm_block(const GemmJob& job) {
     with_src(job.weight_dtype, job.weight, [&](auto src, const auto* w) {
       pack_weight<decltype(src)>(w, K, job.n0, job.nb, k0, kc, wp);
     });
-    // A 16-column weight panel (16 KiB) stays in L1 while the block's x panels stream from L2.
-    for (int64_t p = 0; p < w_panels; ++p)
-      for (int64_t q = 0; q < x_panels; ++q)
-        micro_6x16(job.xp + (q * K + k0) * kGemmMR, wp + p * kGemmKC * kGemmNR, kc,
-                   job.c + q * kGemmMR * job.ldc + p * kGemmNR, job.ldc, k0 > 0);
+    run_tiles(job.xp + k0 * kGemmMR, K, x_panels, wp, w_panels, kc, job.c, job.ldc, k0 > 0);
   }
 }
 

@@ -2,7 +2,7 @@
 // Compiled for those instructions whatever the build's target, and called only
 // when the CPU reports all three (cpu/linear.cpp), so one binary runs everywhere.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include "avx2_target.h"
+#include "simd_target.h"
 #include <cstdint>
 #include <cstring>
 

@@ -3,7 +3,7 @@
 // build's target, and called only when the CPU reports all three
 // (paged_attention.cpp), so one binary runs everywhere.
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include "avx2_target.h"
+#include "simd_target.h"
 #include <algorithm>
 #include <cmath>
 #include <cstring>

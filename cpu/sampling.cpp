@@ -139,7 +139,7 @@ void sample_one(const SampleArgs& a, const SampleParams& p, Scratch& s, int32_t*
     }
   };
   double max = -std::numeric_limits<double>::infinity();
-  const bool avx2 = cpu_simd() == CpuSimd::Avx2;
+  const bool avx2 = cpu_simd() != CpuSimd::Portable;  // (the avx512 path runs the AVX2 kernel here)
   auto exponentiate = [&](int64_t c0, int64_t c1) {
     constexpr int64_t kStep = 256;
     double d[kStep], ev[kStep];

@@ -1,4 +1,4 @@
-// The AVX2 build (avx2_target.h) of the sampler's exponentials (cpu/sampling.cpp): e = exp(−d) for d ≥ 0,
+// The AVX2 build (simd_target.h) of the sampler's exponentials (cpu/sampling.cpp): e = exp(−d) for d ≥ 0,
 // four at a time, within an ulp or two of the C library's exp (2^k · a degree-13 polynomial on
 // |r| ≤ ln2 / 2, Cody-Waite reduction); exp(−d) for d > 708 is 0 (the C library's would be
 // subnormal: no sum or cut of the sampler can see it), +inf gives 0 and NaN stays NaN.
@@ -12,7 +12,7 @@ void exp_negative_avx2(const double* d, double* out, int64_t n);
 }  // namespace pagedllm::sampling_kernels
 
 #if defined(__x86_64__) && (defined(__GNUC__) || defined(__clang__))
-#include "avx2_target.h"
+#include "simd_target.h"
 #include <cmath>
 
 PAGEDLLM_AVX2_BEGIN

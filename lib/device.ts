@@ -22,11 +22,14 @@ export interface CpuDeviceInfo {
   availableMemory: number;
   /** SIMD features this process can use (CPUID and OS support), e.g. `['avx2', 'fma', 'f16c']`. */
   simd: string[];
-  /** The kernels CPU ops run: `'avx2'` (AVX2 + FMA + F16C) or `'portable'`; `PAGEDLLM_SIMD=portable` forces the latter. */
-  simdPath: 'avx2' | 'portable';
+  /**
+   * The kernels CPU ops run, the widest this CPU has: `'avx512'` (AVX-512 F/BW/VL + VNNI, with AVX2,
+   * FMA and F16C), `'avx2'` (AVX2 + FMA + F16C) or `'portable'`; `PAGEDLLM_SIMD=avx2|portable` caps it.
+   */
+  simdPath: 'avx512' | 'avx2' | 'portable';
   /**
    * How AWQ int4 linears of a model loaded on the CPU multiply at decode (≤ 8 tokens): `'int8'`
-   * quantizes the activations per 16 values (the avx2 path's default, within Σ|W|·scale/2 of
+   * quantizes the activations per 16 values (the avx2 and avx512 paths' default, within Σ|W|·scale/2 of
    * float32; the loader repacks the weights in place to the 'slab8' layout this GEMV reads) or
    * `'float32'` (the portable path, weights as the checkpoint stores them;
    * `PAGEDLLM_AWQ_ACTIVATIONS=float32` forces it).

@@ -27,7 +27,7 @@ export interface NativeCpuInfo {
   arch: string;
   modelName: string;
   simd: string[];
-  simdPath: 'avx2' | 'portable';
+  simdPath: 'avx512' | 'avx2' | 'portable';
   awqActivations: 'int8' | 'float32';
   threads: number;
 }
@@ -211,8 +211,8 @@ export interface NativeBinding {
     qweight: NativeBufferHandle, qweightOffset: number, dst: NativeBufferHandle, dstOffset: number,
     params: { inFeatures: number; outFeatures: number }, stream: NativeStreamHandle,
   ): void;
-  /** The CPU kernels' instruction set (PAGEDLLM_SIMD=portable forces 'portable'). */
-  cpuSimd(): 'avx2' | 'portable';
+  /** The CPU kernels' instruction set (PAGEDLLM_SIMD=avx2|portable caps it). */
+  cpuSimd(): 'avx512' | 'avx2' | 'portable';
 
   /** The native decoder step (include/pagedllm/decoder.h, addon/decoder.cpp; argument order there). */
   createDecoder(stream: NativeStreamHandle, ...args: Array<number | NativeBufferHandle>): NativeDecoderHandle;

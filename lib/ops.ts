@@ -735,7 +735,10 @@ export function awqRepack(weight: AwqWeight, options?: { inPlace?: boolean }): A
   return { qweight, qzeros: weight.qzeros, scales: weight.scales, groupSize: weight.groupSize, layout: 'slab8' };
 }
 
-/** The instruction set of the CPU kernels: 'avx2' (AVX2 + FMA + F16C) or 'portable' (PAGEDLLM_SIMD=portable forces it). */
-export function cpuSimd(): 'avx2' | 'portable' {
+/**
+ * The instruction set of the CPU kernels: 'avx512' (AVX-512 F/BW/VL + VNNI), 'avx2' (AVX2 + FMA +
+ * F16C) or 'portable', the widest the CPU has unless PAGEDLLM_SIMD=avx2|portable caps it.
+ */
+export function cpuSimd(): 'avx512' | 'avx2' | 'portable' {
   return native().cpuSimd();
 }

@@ -3,8 +3,9 @@
 // int4 linear (include/pagedllm/awq.h, group size 128) at M = 1, 8, 128 on K × N = 4096 × 4096 and
 // 4096 × 11008, each beside the float16 linear of the same shape.
 //
-//   pagedllm_bench_linear [--device cpu|cuda] [--reps N] [--n N] [--k K] [--only dense|awq] [--awq-m 1,8,128]
-//   (--n/--k: one shape for both parts instead of the defaults)
+//   pagedllm_bench_linear [--device cpu|cuda] [--reps N] [--n N] [--k K] [--only dense|awq] [--awq-m 1,8,128] [--paths avx512,avx2,portable]
+//   (--n/--k: one shape for both parts instead of the defaults; --paths: the CPU SIMD paths to run,
+//   by default every one this CPU has, widest first)
 //
 // AWQ rows ("awq-int4-g128": the layout a model gets on that path — on the CPU's avx2 path Slab8,
 // whose gemv quantizes x to int8; "awq-int4-g128-autoawq": the checkpoint's layout, float32 x in
@@ -155,7 +156,7 @@ void awq_cases(const std::shared_ptr<Stream>& stream, const std::vector<std::pai
 
 int main(int argc, char** argv) {
   std::string device = "cpu";
-  std::string only;
+  std::string only, path_names;
   std::vector<int64_t> awq_ms = {1, 8, 128};
   int reps = 15;
   int64_t N = 4096, K = 4096;
@@ -167,6 +168,7 @@ int main(int argc, char** argv) {
     else if (a == "--k" && i + 1 < argc) K = std::max(1L, std::atol(argv[++i])), shape_given = true;
     else if (a == "--reps" && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
     else if (a == "--only" && i + 1 < argc) only = argv[++i];
+    else if (a == "--paths" && i + 1 < argc) path_names = "," + std::string(argv[++i]) + ",";
     else if (a == "--awq-m" && i + 1 < argc) {
       awq_ms.clear();
       for (const char* p = argv[++i]; *p;) {
@@ -176,7 +178,7 @@ int main(int argc, char** argv) {
       }
     }
     else {
-      std::fprintf(stderr, "usage: %s [--device cpu|cuda] [--reps N] [--n N] [--k K] [--only dense|awq] [--awq-m 1,8,128]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--device cpu|cuda] [--reps N] [--n N] [--k K] [--only dense|awq] [--awq-m 1,8,128] [--paths avx512,avx2,portable]\n", argv[0]);
       return 2;
     }
   }
@@ -207,8 +209,10 @@ int main(int argc, char** argv) {
   std::vector<std::pair<std::string, CpuSimd>> paths;
   if (cuda) paths.push_back({"cuda", CpuSimd::Portable});
   else {
-    paths.push_back({cpu_simd_name(cpu_simd()), cpu_simd()});
-    if (cpu_simd() != CpuSimd::Portable) paths.push_back({"portable", CpuSimd::Portable});
+    const std::vector<CpuSimd> all = cpu_simd_paths();
+    for (auto it = all.rbegin(); it != all.rend(); ++it)
+      if (path_names.empty() || path_names.find("," + std::string(cpu_simd_name(*it)) + ",") != std::string::npos)
+        paths.push_back({cpu_simd_name(*it), *it});
   }
   std::vector<Row> rows;
   for (const auto& [name, simd] : only == "awq" ? decltype(paths){} : paths)

@@ -169,17 +169,19 @@ void linear_cuda(const LinearArgs& args, Stream& stream);
 void linear_many(const LinearArgs* args, size_t count, Stream& stream);
 
 // The CPU kernels' instruction set, one choice for every CPU op (linear, awq_linear, paged
-// attention). Chosen at first use: AVX2 (+FMA, F16C) when the CPU and OS support it, else portable
-// C++; PAGEDLLM_SIMD=portable in the environment forces portable (PAGEDLLM_SIMD=avx2 asks for AVX2
-// and gets portable on a CPU without it: never an instruction the CPU lacks).
-enum class CpuSimd { Portable, Avx2 };
+// attention). Chosen at first use, the widest the CPU and OS support: Avx512 (AVX-512 F/BW/VL +
+// VNNI, and everything Avx2 needs: 512-bit GEMM tiles, VNNI int8 dot products in the AWQ kernels),
+// else Avx2 (AVX2 + FMA + F16C), else portable C++. PAGEDLLM_SIMD=portable|avx2|avx512 in the
+// environment caps the choice (PAGEDLLM_SIMD=avx512 on a CPU without it gets the best it has:
+// never an instruction the CPU lacks). Paths are ordered: each one's CPU runs every narrower one.
+enum class CpuSimd { Portable, Avx2, Avx512 };
 CpuSimd cpu_simd();
 const char* cpu_simd_name(CpuSimd simd);
 // Whether this CPU (and OS) can run `simd`; and every path it can run, portable first.
 bool cpu_simd_supported(CpuSimd simd);
 std::vector<CpuSimd> cpu_simd_paths();
-// linear_cpu on a given path (tests and benchmarks compare both); ERR_UNSUPPORTED for Avx2 on a CPU
-// without it.
+// linear_cpu on a given path (tests and benchmarks compare them); ERR_UNSUPPORTED for a path the CPU
+// lacks.
 void linear_cpu(const LinearArgs& args, Stream& stream, CpuSimd simd);
 void linear_many_cpu(const LinearArgs* args, size_t count, Stream& stream, CpuSimd simd);
 

@@ -37,10 +37,13 @@ describe('devices()', () => {
     expect(cpu.simd.every((s) => typeof s === 'string' && s.length > 0)).toBe(true);
     expect(new Set(cpu.simd).size).toBe(cpu.simd.length);
     if (process.arch === 'x64') expect(cpu.simd).toContain('sse2'); // x86-64 baseline
-    // The kernels chosen: AVX2 only where AVX2, FMA and F16C are all usable (or portable if forced).
+    // The kernels chosen: the widest path whose features are all usable, unless PAGEDLLM_SIMD caps it.
     const avx2 = ['avx2', 'fma', 'f16c'].every((f) => cpu.simd.includes(f));
-    expect(cpu.simdPath).toBe(avx2 && process.env.PAGEDLLM_SIMD !== 'portable' ? 'avx2' : 'portable');
-    expect(cpu.awqActivations).toBe(cpu.simdPath === 'avx2' && process.env.PAGEDLLM_AWQ_ACTIVATIONS !== 'float32' ? 'int8' : 'float32');
+    const avx512 = avx2 && ['avx512f', 'avx512bw', 'avx512vl', 'avx512vnni'].every((f) => cpu.simd.includes(f));
+    const cap = process.env.PAGEDLLM_SIMD;
+    const expected = cap === 'portable' ? 'portable' : avx512 && cap !== 'avx2' ? 'avx512' : avx2 ? 'avx2' : 'portable';
+    expect(cpu.simdPath).toBe(expected);
+    expect(cpu.awqActivations).toBe(cpu.simdPath !== 'portable' && process.env.PAGEDLLM_AWQ_ACTIVATIONS !== 'float32' ? 'int8' : 'float32');
     expect(Number.isInteger(cpu.threads) && cpu.threads >= 1).toBe(true);
     if (process.env.PAGEDLLM_THREADS === undefined) expect(cpu.threads).toBe(cpu.physicalCores);
   });

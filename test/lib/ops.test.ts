@@ -395,8 +395,8 @@ describe('linear', () => {
     expectInvalid(() => linear(Tensor.zeros([2, 4]), notContiguous), 'linear: weight must be contiguous');
   });
 
-  test('the portable CPU path (PAGEDLLM_SIMD=portable) gives the same results', () => {
-    expect(['avx2', 'portable']).toContain(cpuSimd());
+  test('the portable CPU path (PAGEDLLM_SIMD=portable) gives the same results, and PAGEDLLM_SIMD=avx2 caps the path', () => {
+    expect(['avx512', 'avx2', 'portable']).toContain(cpuSimd());
     ensureDist();
     const script = `
       const ops = require(${JSON.stringify(REPO + '/dist/ops')});
@@ -419,5 +419,10 @@ describe('linear', () => {
     const { y, mag } = linearReference(xs, ws, null, 5, 19, 33);
     expectClose(p, Array.from(y), (i) => 1e-5 * mag[i]!, 'portable');
     expectClose(a, Array.from(y), (i) => 1e-5 * mag[i]!, cpuSimd());
+    // PAGEDLLM_SIMD=avx2 caps an avx512 CPU at avx2, whose sums are the avx512 path's, bit for bit.
+    const capped = runChild(script, { PAGEDLLM_SIMD: 'avx2' });
+    expect(capped.status).toBe(0);
+    expect(capped.json?.simd).toBe(cpuSimd() === 'avx512' ? 'avx2' : cpuSimd());
+    if (cpuSimd() !== 'portable') expect(capped.json.y).toEqual(a);
   });
 });

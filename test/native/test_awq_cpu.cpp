@@ -40,7 +40,7 @@ std::vector<GemvPath> gemv_paths() {
   std::vector<GemvPath> paths;
   for (CpuSimd simd : cpu_simd_paths()) {
     paths.push_back({simd, AwqLayout::AutoAwq});
-    if (simd == CpuSimd::Avx2) paths.push_back({simd, AwqLayout::Slab8});
+    if (simd != CpuSimd::Portable) paths.push_back({simd, AwqLayout::Slab8});
   }
   return paths;
 }
@@ -166,6 +166,7 @@ TEST(awq_linear_cpu_grid_every_group_size_every_path) {
       const int k = combo++;
       const DType x = kFloats[k % 3], o = kFloats[(k / 3) % 3];
       const test::AwqLinearCase c(x, o, k % 2 == 0, M, shape.K, shape.N, shape.G, k % 4 == 1, seed++);
+      HostTensor avx2[2];  // per layout
       for (const GemvPath& path : gemv_paths()) {
         if (!c.w.has(path.layout)) continue;  // K not a multiple of 32: no Slab8 form
         HostTensor out = c.make_out();
@@ -174,6 +175,12 @@ TEST(awq_linear_cpu_grid_every_group_size_every_path) {
         awq_linear_many_cpu(&a, 1, *s, path.simd);
         s->synchronize();
         check_cpu(c, out, path.layout, "cpu " + path.name());
+        // avx512 (VNNI dot products, 512-bit tiles) computes avx2's sums exactly: the same bits.
+        const int l = path.layout == AwqLayout::Slab8;
+        if (path.simd == CpuSimd::Avx2) avx2[l] = out;
+        if (path.simd == CpuSimd::Avx512)
+          CHECK(out.bytes == avx2[l].bytes, "avx512 and avx2 differ: ", awq_layout_name(path.layout), " M ", M, " K ", shape.K,
+                " N ", shape.N, " G ", shape.G);
       }
     }
 }
@@ -304,7 +311,7 @@ TEST(awq_ops_reject_bad_arguments) {
   bad.group_size = 256;
   expect_error(ErrorCode::Unsupported, "awq_dequantize: group size 256", [&] { awq_dequantize({bad, w.data(), DType::Float16}, *s); });
   a = c.args(out.data(), AwqLayout::Slab8);
-  expect_error(ErrorCode::Unsupported, "awq_linear: a slab8 weight needs the avx2 path (this call runs the portable one)",
+  expect_error(ErrorCode::Unsupported, "awq_linear: a slab8 weight needs the avx2 or avx512 path (this call runs the portable one)",
                [&] { awq_linear_many_cpu(&a, 1, *s, CpuSimd::Portable); });
   const test::AwqTensors odd(80, 16, 80, 4);  // one group of 80 rows: no Slab8 form
   a.weight = odd.weight();
