@@ -254,10 +254,11 @@ void run_gemm_i8(const AwqLinearArgs& a, const Kernels& kern) {
   constexpr int64_t kOctets = 4;  // columns per task: 32
   const int64_t tasks = (N / 8 + kOctets - 1) / kOctets;
   pool.parallel_for(tasks, 1, [&](int64_t t0, int64_t t1) {
-    thread_local AlignedFloats c;
+    thread_local AlignedFloats c, wpack;
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n0 = t * kOctets * 8, nb = std::min(kOctets * 8, N - n0);
-      AwqGemmI8Job job{xq, xd, xs, panels, &w, n0, nb, c.get(panels * MR * kOctets * 8), kOctets * 8};
+      AwqGemmI8Job job{xq, xd, xs, panels, &w, n0, nb, c.get(panels * MR * kOctets * 8), kOctets * 8,
+                       reinterpret_cast<int32_t*>(wpack.get(awq_gemm_i8_pack_words(K)))};
       kern.gemm_i8(job);
       out_of(a).store_tile(job.c, job.ldc, 0, M, n0, nb);
     }

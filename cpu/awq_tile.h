@@ -126,7 +126,13 @@ struct AwqGemmI8Job {
   int64_t n0, nb;        // columns [n0, n0 + nb), multiples of 8
   float* c;              // [panels · 6][ldc]: c[r · ldc + j] = Σ_k x̂[r, k] · W[k, n0 + j] (overwritten)
   int64_t ldc;
+  int32_t* wpack;        // awq_gemm_i8_pack_words(K) int32, 64-byte aligned: the columns' slabs, contiguous
 };
+// The columns a gemm_i8 pass reads (two octets on AVX-512, one on AVX2) are copied to `wpack` first:
+// in place, slab r of an octet is 4·N bytes from slab r − 1, so with N a multiple of 1024 every
+// slab falls in the same L1 set (and its own page), and each of the M/6 panels read them from L2
+// again; copied, they are one contiguous run that stays in L1 (or streams from L2) across panels.
+constexpr int64_t awq_gemm_i8_pack_words(int64_t K) { return K / 8 * 16; }
 void gemm_i8_avx2(const AwqGemmI8Job& job);
 void gemm_i8_avx512(const AwqGemmI8Job& job);
 // awq_quantize_activations of x[0, n) with AVX2 (the same codes and scales), plus sums[b] = d_b · Σ c.
@@ -598,7 +604,9 @@ inline void gemm_i8_pair(const AwqGemmI8Job& job, int64_t o) {
                                            awq::column_shift(0), awq::column_shift(1), awq::column_shift(2), awq::column_shift(3),
                                            awq::column_shift(4), awq::column_shift(5), awq::column_shift(6), awq::column_shift(7));
   const int64_t j = job.n0 / 8 + o;  // octets j, j + 1
-  const int32_t* const wcol = w.qweight + 8 * j;
+  int32_t* const wcol = job.wpack;  // slab r at wcol + 16 r
+  for (int64_t r = 0; r < K / 8; ++r)
+    _mm512_store_si512(wcol + 16 * r, _mm512_loadu_si512(w.qweight + r * N + 8 * j));
   for (int64_t p = 0; p < job.panels; ++p) {
     const int8_t* const xq = job.xq + p * blocks * MR * B;
     const float* const xd = job.xscale + p * blocks * MR;
@@ -609,7 +617,7 @@ inline void gemm_i8_pair(const AwqGemmI8Job& job, int64_t o) {
       __m512 f[MR];
       for (int m = 0; m < MR; ++m) f[m] = _mm512_setzero_ps();
       for (int64_t b = g * per_group; b < (g + 1) * per_group; ++b) {
-        const __m512i v0 = _mm512_loadu_si512(wcol + (2 * b) * N), v1 = _mm512_loadu_si512(wcol + (2 * b + 1) * N);
+        const __m512i v0 = _mm512_load_si512(wcol + 32 * b), v1 = _mm512_load_si512(wcol + 32 * b + 16);
         const __m512i l0 = _mm512_and_si512(v0, low), h0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), low);
         const __m512i l1 = _mm512_and_si512(v1, low), h1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), low);
         const int8_t* const xb = xq + b * MR * B;
@@ -651,7 +659,9 @@ inline void gemm_i8(const AwqGemmI8Job& job) {
 #endif
   for (; o < job.nb / 8; ++o) {
     const int64_t j = job.n0 / 8 + o;  // the octet: columns 8j … 8j+7
-    const int32_t* const wcol = w.qweight + 8 * j;  // slab r's words at wcol + r · N
+    int32_t* const wcol = job.wpack;  // slab r's words at wcol + 8 r
+    for (int64_t r = 0; r < K / 8; ++r)
+      _mm256_store_si256(reinterpret_cast<__m256i*>(wcol + 8 * r), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qweight + r * N + 8 * j)));
     for (int64_t p = 0; p < job.panels; ++p) {
       const int8_t* const xq = job.xq + p * blocks * MR * B;
       const float* const xd = job.xscale + p * blocks * MR;
@@ -663,8 +673,8 @@ inline void gemm_i8(const AwqGemmI8Job& job) {
         __m256 f[MR];
         for (int m = 0; m < MR; ++m) f[m] = _mm256_setzero_ps();
         for (int64_t b = g * per_group; b < (g + 1) * per_group; ++b) {
-          const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wcol + (2 * b) * N));
-          const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(wcol + (2 * b + 1) * N));
+          const __m256i v0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wcol + 16 * b));
+          const __m256i v1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wcol + 16 * b + 8));
           const __m256i l0 = _mm256_and_si256(v0, low), h0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low);
           const __m256i l1 = _mm256_and_si256(v1, low), h1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low);
           const int8_t* const xb = xq + b * MR * B;

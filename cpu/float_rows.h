@@ -87,15 +87,15 @@ struct LinearOut {
   }
 };
 
-// A float buffer whose get(n) is 32-byte aligned (the tiles' aligned vector loads), kept across
+// A float buffer whose get(n) is 64-byte aligned (the tiles' aligned vector loads), kept across
 // calls (as a thread_local): a fresh buffer of a few hundred KiB would be mmap-ed and
 // page-faulted in on every call, a sizeable part of a sub-millisecond op.
 class AlignedFloats {
  public:
   float* get(int64_t n) {
-    storage_.resize(n + 8);
+    storage_.resize(n + 16);
     float* p = storage_.data();
-    return p + (8 - (reinterpret_cast<uintptr_t>(p) / sizeof(float)) % 8) % 8;
+    return p + (16 - (reinterpret_cast<uintptr_t>(p) / sizeof(float)) % 16) % 16;
   }
 
  private:
