@@ -113,9 +113,11 @@ void gemv_i8_avx512(const AwqGemvI8Job& job);
 // ---- gemm with int8 activations over a Slab8 weight (AVX2 and AVX-512 paths) -----------------
 // The same arithmetic as gemv_i8 for any M: x quantized per 16 values and packed in 6-row panels;
 // a task is a range of column octets, each multiplied by every panel with a 6 × 8 register tile
-// over all of K (the octet's K/8 words, 4·K bytes, stay in L1 across the panels): per 16-row block
-// 2 loads and 6 unpacking ops, then per row 4 vpmaddubsw, 3 adds, a vpmaddwd, a convert and an FMA
-// by the block's scale — 128 multiply-adds in 11 vector ops, where the float32 tile needs 16 FMAs.
+// over all of K (the octet's K/8 words, 4·K bytes, copied to one contiguous run first, stay in L1
+// across the panels; see wpack): per 16-row block 2 loads and 6 unpacking ops, then per row 4
+// vpmaddubsw, 3 adds, a vpmaddwd, a convert and an FMA by the block's scale — 128 multiply-adds in
+// 11 vector ops, where the float32 tile needs 16 FMAs. AVX-512: two octets per zmm and 4 vpdpbusd
+// in place of the 4 vpmaddubsw, 3 adds and vpmaddwd — 256 multiply-adds in 7 vector ops.
 constexpr int64_t kAwqI8PanelRows = 6;
 struct AwqGemmI8Job {
   const int8_t* xq;      // [panels][K/16][6][16] codes (rows past M zero)
