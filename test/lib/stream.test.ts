@@ -212,6 +212,8 @@ describe('streams', () => {
     last!.dispose();
     src.dispose();
     const maxLag = lags.length ? Math.max(...lags) : Infinity;
+    const sorted = [...lags].sort((a, b) => a - b);
+    const p99Lag = sorted.length ? sorted[Math.min(sorted.length - 1, Math.floor(0.99 * sorted.length))]! : Infinity;
     const r = (x: number) => Math.round(x * 10) / 10;
     return {
       perCast: r(perCast),
@@ -220,6 +222,7 @@ describe('streams', () => {
       totalMs: r(totalMs),
       ticks: lags.length,
       maxLag: r(maxLag),
+      p99Lag: r(p99Lag),
       // 3.25 in float16 at both ends: the work really ran.
       ran: values[0] === 0x4280 && values[values.length - 1] === 0x4280,
       // The work took long enough for the measurement to mean something...
@@ -228,8 +231,10 @@ describe('streams', () => {
       enqueueFast: enqueueMs < totalMs / 4,
       // ...the timer kept firing throughout...
       enoughTicks: lags.length >= (totalMs - enqueueMs) / 5 / 3,
-      // ...and was never late by 20 ms or more.
-      responsive: maxLag < 20,
+      // ...and was late by 20 ms or more at most 1 % of the time, never by 100 ms. (A blocking wait
+      // delays a tick by the whole run, 1-2 s; on a shared 2-core VM, steal time alone has
+      // descheduled the JS thread for 20-31 ms in every one of three attempts, seen in CI.)
+      responsive: p99Lag < 20 && maxLag < 100,
     };
   }
 
