@@ -68,10 +68,25 @@ function buildStep(label, command, args, options) {
   return true;
 }
 
+// Whether the CPU has the avx512 path's features (cpu/cpu_info.cpp; Linux's flags, else no).
+function cpuHasAvx512() {
+  let info = '';
+  try {
+    info = fs.readFileSync('/proc/cpuinfo', 'utf8');
+  } catch {
+    return false;
+  }
+  const flags = new Set((/^flags\s*:(.*)$/m.exec(info)?.[1] ?? '').trim().split(/\s+/));
+  return ['avx2', 'fma', 'f16c', 'avx512f', 'avx512bw', 'avx512vl', 'avx512_vnni'].every((f) => flags.has(f));
+}
+
 // The main build: `npm run build` (cmake-js; CUDA compiled when nvcc exists).
 nativeTests('native', path.join(root, 'build', 'pagedllm_tests'));
-// Every CPU op again on the portable kernels (the run above takes the best path this CPU has).
+// Every CPU op again on the portable kernels (the run above takes the best path this CPU has), and
+// on an AVX-512 CPU on the avx2 kernels too (the kernel grids test every path either way; this also
+// runs the decoder and the other ops that take the chosen path on avx2).
 nativeTests('native, PAGEDLLM_SIMD=portable', path.join(root, 'build', 'pagedllm_tests'), { PAGEDLLM_SIMD: 'portable' });
+if (cpuHasAvx512()) nativeTests('native, PAGEDLLM_SIMD=avx2', path.join(root, 'build', 'pagedllm_tests'), { PAGEDLLM_SIMD: 'avx2' });
 jestTests('jest');
 
 if (process.env.PAGEDLLM_TEST_VARIANTS === '1') {
