@@ -455,26 +455,120 @@ inline void quantize_activations(const float* x, int64_t n, int8_t* codes, float
   }
 }
 
-// Σ c·q of one 16-row block (slabs v0, v1) for one octet, per column: int32 → float32.
-// Σ_{t<4} (4 codes of u) · (4 codes of x[t]) per 32-bit lane, for the masked slabs u = l0, h0, l1, h1.
-// AVX2: vpmaddubsw (pairs summed in int16: exact, see above), three adds and vpmaddwd by ones.
-// AVX-512 VNNI: four vpdpbusd (the 4 products of a lane summed straight into int32). Both sums are
-// exact integers, so both paths give the same bits.
-inline __m256i dot4x4(__m256i l0, __m256i h0, __m256i l1, __m256i h1, __m256i x0, __m256i x1, __m256i x2, __m256i x3) {
+// Vectors of W int32 (or float32) lanes for the int8 kernels: W = 8 columns (ymm) on both paths,
+// W = 16 (zmm: one 64-byte line of a slab, two octets) on avx512. The kernels below are written once
+// over W; per column they do the same operations in the same order at either width.
+// dot: Σ_{t<4} (4 codes of u_t) · (4 codes x4[t]) per 32-bit lane, for the masked slabs
+// u = l0, h0, l1, h1. AVX2: vpmaddubsw (pairs summed in int16: exact, see above), three adds and
+// vpmaddwd by ones; AVX-512 VNNI: four vpdpbusd (a lane's 4 products summed straight into int32).
+// Both sums are exact integers, so both paths give the same bits.
+template <int W>
+struct I8V;
+
+template <>
+struct I8V<8> {
+  using I = __m256i;
+  using F = __m256;
+  static I load(const int32_t* p) { return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)); }
+  static void store(int32_t* p, I v) { _mm256_store_si256(reinterpret_cast<__m256i*>(p), v); }
+  static I low(I v) { return _mm256_and_si256(v, _mm256_set1_epi8(0x0F)); }
+  static I high(I v) { return _mm256_and_si256(_mm256_srli_epi16(v, 4), _mm256_set1_epi8(0x0F)); }
+  static I dot(I l0, I h0, I l1, I h1, const int32_t* x4) {
 #if PAGEDLLM_TILE_AVX512
-  return _mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_dpbusd_epi32(_mm256_setzero_si256(), l0, x0), h0, x1), l1, x2), h1, x3);
+    I a = _mm256_dpbusd_epi32(_mm256_setzero_si256(), l0, _mm256_set1_epi32(x4[0]));
+    a = _mm256_dpbusd_epi32(a, h0, _mm256_set1_epi32(x4[1]));
+    a = _mm256_dpbusd_epi32(a, l1, _mm256_set1_epi32(x4[2]));
+    return _mm256_dpbusd_epi32(a, h1, _mm256_set1_epi32(x4[3]));
 #else
-  const __m256i p = _mm256_add_epi16(_mm256_add_epi16(_mm256_maddubs_epi16(l0, x0), _mm256_maddubs_epi16(h0, x1)),
-                                     _mm256_add_epi16(_mm256_maddubs_epi16(l1, x2), _mm256_maddubs_epi16(h1, x3)));
-  return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
+    const I p = _mm256_add_epi16(
+        _mm256_add_epi16(_mm256_maddubs_epi16(l0, _mm256_set1_epi32(x4[0])), _mm256_maddubs_epi16(h0, _mm256_set1_epi32(x4[1]))),
+        _mm256_add_epi16(_mm256_maddubs_epi16(l1, _mm256_set1_epi32(x4[2])), _mm256_maddubs_epi16(h1, _mm256_set1_epi32(x4[3]))));
+    return _mm256_madd_epi16(p, _mm256_set1_epi16(1));
 #endif
+  }
+  static F cvt(I v) { return _mm256_cvtepi32_ps(v); }
+  static F splat(float v) { return _mm256_set1_ps(v); }
+  static F zero() { return _mm256_setzero_ps(); }
+  static F mul(F a, F b) { return _mm256_mul_ps(a, b); }
+  static F fmadd(F a, F b, F c) { return _mm256_fmadd_ps(a, b, c); }
+  static F fnmadd(F a, F b, F c) { return _mm256_fnmadd_ps(a, b, c); }
+  static F loadf(const float* p) { return _mm256_loadu_ps(p); }
+  static void storef(float* p, F v) { _mm256_storeu_ps(p, v); }
+  // The scales of W columns (float16), and the zero points of their octets' words in column order.
+  static F scales(const uint16_t* p) { return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))); }
+  static F zeros(const int32_t* words) {
+    const I shifts = _mm256_setr_epi32(awq::column_shift(0), awq::column_shift(1), awq::column_shift(2), awq::column_shift(3),
+                                       awq::column_shift(4), awq::column_shift(5), awq::column_shift(6), awq::column_shift(7));
+    return _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(words[0]), shifts), _mm256_set1_epi32(15)));
+  }
+};
+
+#if PAGEDLLM_TILE_AVX512
+template <>
+struct I8V<16> {
+  using I = __m512i;
+  using F = __m512;
+  static I load(const int32_t* p) { return _mm512_loadu_si512(p); }
+  static void store(int32_t* p, I v) { _mm512_store_si512(p, v); }
+  static I low(I v) { return _mm512_and_si512(v, _mm512_set1_epi8(0x0F)); }
+  static I high(I v) { return _mm512_and_si512(_mm512_srli_epi16(v, 4), _mm512_set1_epi8(0x0F)); }
+  static I dot(I l0, I h0, I l1, I h1, const int32_t* x4) {
+    I a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), l0, _mm512_set1_epi32(x4[0]));
+    a = _mm512_dpbusd_epi32(a, h0, _mm512_set1_epi32(x4[1]));
+    a = _mm512_dpbusd_epi32(a, l1, _mm512_set1_epi32(x4[2]));
+    return _mm512_dpbusd_epi32(a, h1, _mm512_set1_epi32(x4[3]));
+  }
+  static F cvt(I v) { return _mm512_cvtepi32_ps(v); }
+  static F splat(float v) { return _mm512_set1_ps(v); }
+  static F zero() { return _mm512_setzero_ps(); }
+  static F mul(F a, F b) { return _mm512_mul_ps(a, b); }
+  static F fmadd(F a, F b, F c) { return _mm512_fmadd_ps(a, b, c); }
+  static F fnmadd(F a, F b, F c) { return _mm512_fnmadd_ps(a, b, c); }
+  static F loadf(const float* p) { return _mm512_loadu_ps(p); }
+  static void storef(float* p, F v) { _mm512_storeu_ps(p, v); }
+  static F scales(const uint16_t* p) { return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))); }
+  static F zeros(const int32_t* words) {
+    const I shifts = _mm512_setr_epi32(awq::column_shift(0), awq::column_shift(1), awq::column_shift(2), awq::column_shift(3),
+                                       awq::column_shift(4), awq::column_shift(5), awq::column_shift(6), awq::column_shift(7),
+                                       awq::column_shift(0), awq::column_shift(1), awq::column_shift(2), awq::column_shift(3),
+                                       awq::column_shift(4), awq::column_shift(5), awq::column_shift(6), awq::column_shift(7));
+    const I z = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(words[0])), _mm256_set1_epi32(words[1]), 1);
+    return _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(z, shifts), _mm512_set1_epi32(15)));
+  }
+};
+constexpr int kI8Wide = 16;  // the widest I8V: columns per step of the int8 loops
+#else
+constexpr int kI8Wide = 8;
+#endif
+
+// Σ c·q of one 16-row block (slabs v0, v1) for W columns, int32 → float32; x4: the block's 16 codes.
+template <int W>
+inline typename I8V<W>::F block_sum(typename I8V<W>::I v0, typename I8V<W>::I v1, const int32_t* x4) {
+  using V = I8V<W>;
+  return V::cvt(V::dot(V::low(v0), V::high(v0), V::low(v1), V::high(v1), x4));
 }
 
-inline __m256 block_sum(__m256i v0, __m256i v1, const __m256i (&x)[4]) {
-  const __m256i low = _mm256_set1_epi8(0x0F);
-  const __m256i l0 = _mm256_and_si256(v0, low), h0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low);
-  const __m256i l1 = _mm256_and_si256(v1, low), h1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low);
-  return _mm256_cvtepi32_ps(dot4x4(l0, h0, l1, h1, x[0], x[1], x[2], x[3]));
+// One 32-row step of gemv_i8_m over octets [j, octets) in runs of W / 8 (what is left over is
+// returned for a narrower W): facc[i][cols] (+)= d0 · Σ_block0 c·q + d1 · Σ_block1 c·q.
+template <int W, int M>
+inline int64_t gemv_i8_step(const int32_t* s0, int64_t N, int64_t j, int64_t octets, bool next, bool group_start,
+                            const int32_t (&quads)[M][8], const float (&d0)[M], const float (&d1)[M], float* facc) {
+  using V = I8V<W>;
+  for (; j + W / 8 <= octets; j += W / 8) {
+    if (next && (W == 16 || (j & 1) == 0))  // the next step, 64 bytes of each slab per 64 bytes read here
+      for (int t = 4; t < 8; ++t) __builtin_prefetch(s0 + t * N + 8 * j, 0, 2);
+    const typename V::I v0 = V::load(s0 + 8 * j), v1 = V::load(s0 + N + 8 * j);
+    const typename V::I v2 = V::load(s0 + 2 * N + 8 * j), v3 = V::load(s0 + 3 * N + 8 * j);
+#pragma GCC unroll 8
+    for (int i = 0; i < M; ++i) {
+      float* const f = facc + i * N + 8 * j;
+      // Block b then block b + 1, each one rounding: the same sums as one block at a time.
+      const typename V::F first = group_start ? V::mul(block_sum<W>(v0, v1, quads[i]), V::splat(d0[i]))
+                                              : V::fmadd(block_sum<W>(v0, v1, quads[i]), V::splat(d0[i]), V::loadf(f));
+      V::storef(f, V::fmadd(block_sum<W>(v2, v3, quads[i] + 4), V::splat(d1[i]), first));
+    }
+  }
+  return j;
 }
 
 // Steps of 32 rows (two activation blocks, four slabs: jobs and groups are whole steps), so each
@@ -484,11 +578,9 @@ inline __m256 block_sum(__m256i v0, __m256i v1, const __m256i (&x)[4]) {
 // 512 bytes at a 4·N stride, where a row range is one contiguous stretch the prefetchers follow.)
 template <int M>
 inline void gemv_i8_m(const AwqGemvI8Job& job) {
+  using V = I8V<8>;
   const AwqWeight& w = *job.w;
   const int64_t N = w.out_features, G = w.group_size, octets = N / 8, B = awq::kActivationBlock, S = kAwqI8BlockRows;
-  const __m256i fifteen = _mm256_set1_epi32(15);
-  const __m256i shifts = _mm256_setr_epi32(awq::column_shift(0), awq::column_shift(1), awq::column_shift(2), awq::column_shift(3),
-                                           awq::column_shift(4), awq::column_shift(5), awq::column_shift(6), awq::column_shift(7));
   float* const facc = job.scratch;  // [M][N]: the group's Σ_b d_b · Σ c·q so far
   {  // the job's first step has no step before it to request it: ask for it all now
     const int32_t* p = w.qweight + (job.k0 / 8) * N;
@@ -499,81 +591,27 @@ inline void gemv_i8_m(const AwqGemvI8Job& job) {
   for (int64_t k = job.k0; k < job.k1; k += S) {
     const int64_t b = k / B, g = k / G;
     const bool group_start = k == job.k0 || k % G == 0;
-    __m256i xc[M][8];  // codes of rows k … k+31, 4 at a time
-    int32_t quads[M][8];
-    __m256 d0[M], d1[M];
+    int32_t quads[M][8];  // codes of rows k … k+31, 4 at a time
+    float d0[M], d1[M];
     for (int i = 0; i < M; ++i) {
       std::memcpy(quads[i], job.xq + i * job.xq_stride + k, sizeof quads[i]);
-      for (int t = 0; t < 8; ++t) xc[i][t] = _mm256_set1_epi32(quads[i][t]);
-      d0[i] = _mm256_set1_ps(job.xscale[i * job.xblocks + b]);
-      d1[i] = _mm256_set1_ps(job.xscale[i * job.xblocks + b + 1]);
+      d0[i] = job.xscale[i * job.xblocks + b];
+      d1[i] = job.xscale[i * job.xblocks + b + 1];
       if (group_start) sx[i] = 0.0f;
       sx[i] += job.xsum[i * job.xblocks + b];
       sx[i] += job.xsum[i * job.xblocks + b + 1];
     }
     const int32_t* const s0 = w.qweight + (k / 8) * N;  // slabs of rows k … k+31: s0 + t·N, t < 4
     const bool next = k + S < w.in_features;
-    int64_t j = 0;
-#if PAGEDLLM_TILE_AVX512
-    // Two octets at once (one 64-byte line of each slab, one zmm): per column the same operations in
-    // the same order as the loop below, so the same bits, with half the instructions per column.
-    for (; j + 2 <= octets; j += 2) {
-      if (next)
-        for (int t = 4; t < 8; ++t) __builtin_prefetch(s0 + t * N + 8 * j, 0, 2);
-      const __m512i low = _mm512_set1_epi8(0x0F);
-      __m512i l[4], h[4];
-      for (int t = 0; t < 4; ++t) {
-        const __m512i v = _mm512_loadu_si512(s0 + t * N + 8 * j);
-        l[t] = _mm512_and_si512(v, low);
-        h[t] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low);
-      }
-#pragma GCC unroll 8
-      for (int i = 0; i < M; ++i) {
-        float* const f = facc + i * N + 8 * j;
-        const int32_t* const q = quads[i];
-        __m512i a = _mm512_dpbusd_epi32(_mm512_setzero_si512(), l[0], _mm512_set1_epi32(q[0]));
-        a = _mm512_dpbusd_epi32(a, h[0], _mm512_set1_epi32(q[1]));
-        a = _mm512_dpbusd_epi32(a, l[1], _mm512_set1_epi32(q[2]));
-        a = _mm512_dpbusd_epi32(a, h[1], _mm512_set1_epi32(q[3]));
-        __m512i b = _mm512_dpbusd_epi32(_mm512_setzero_si512(), l[2], _mm512_set1_epi32(q[4]));
-        b = _mm512_dpbusd_epi32(b, h[2], _mm512_set1_epi32(q[5]));
-        b = _mm512_dpbusd_epi32(b, l[3], _mm512_set1_epi32(q[6]));
-        b = _mm512_dpbusd_epi32(b, h[3], _mm512_set1_epi32(q[7]));
-        const __m512 e0 = _mm512_set1_ps(_mm256_cvtss_f32(d0[i])), e1 = _mm512_set1_ps(_mm256_cvtss_f32(d1[i]));
-        const __m512 first = group_start ? _mm512_mul_ps(_mm512_cvtepi32_ps(a), e0)
-                                         : _mm512_fmadd_ps(_mm512_cvtepi32_ps(a), e0, _mm512_loadu_ps(f));
-        _mm512_storeu_ps(f, _mm512_fmadd_ps(_mm512_cvtepi32_ps(b), e1, first));
-      }
-    }
-#endif
-    for (; j < octets; ++j) {
-      if (next && (j & 1) == 0)  // the next step, 64 bytes of each slab per 64 bytes read here
-        for (int t = 4; t < 8; ++t) __builtin_prefetch(s0 + t * N + 8 * j, 0, 2);
-      const __m256i v0 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s0 + 8 * j));
-      const __m256i v1 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s0 + N + 8 * j));
-      const __m256i v2 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s0 + 2 * N + 8 * j));
-      const __m256i v3 = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(s0 + 3 * N + 8 * j));
-#pragma GCC unroll 8
-      for (int i = 0; i < M; ++i) {
-        float* const f = facc + i * N + 8 * j;
-        const __m256i(&x)[8] = xc[i];
-        const __m256i lo[4] = {x[0], x[1], x[2], x[3]}, hi[4] = {x[4], x[5], x[6], x[7]};
-        // Block b then block b + 1, each one rounding: the same sums as one block at a time.
-        const __m256 first = group_start ? _mm256_mul_ps(block_sum(v0, v1, lo), d0[i])
-                                         : _mm256_fmadd_ps(block_sum(v0, v1, lo), d0[i], _mm256_loadu_ps(f));
-        _mm256_storeu_ps(f, _mm256_fmadd_ps(block_sum(v2, v3, hi), d1[i], first));
-      }
-    }
+    const int64_t j = gemv_i8_step<kI8Wide, M>(s0, N, 0, octets, next, group_start, quads, d0, d1, facc);
+    if (kI8Wide > 8) gemv_i8_step<8, M>(s0, N, j, octets, next, group_start, quads, d0, d1, facc);
     if (k + S == job.k1 || (k + S) % G == 0) {  // the group (or the job's part of it) ends here
-      const uint16_t* const srow = w.scales + g * N;
-      const int32_t* const zrow = w.qzeros + g * octets;
-      for (int64_t j = 0; j < octets; ++j) {
-        const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(srow + 8 * j)));
-        const __m256 zv = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(zrow[j]), shifts), fifteen));
+      for (int64_t o = 0; o < octets; ++o) {
+        const V::F sv = V::scales(w.scales + g * N + 8 * o), zv = V::zeros(w.qzeros + g * octets + o);
         for (int i = 0; i < M; ++i) {
-          float* const y = job.y + i * job.ldy + 8 * j;
-          const __m256 t = _mm256_fnmadd_ps(zv, _mm256_set1_ps(sx[i]), _mm256_loadu_ps(facc + i * N + 8 * j));
-          _mm256_storeu_ps(y, y_written ? _mm256_fmadd_ps(sv, t, _mm256_loadu_ps(y)) : _mm256_mul_ps(sv, t));
+          float* const y = job.y + i * job.ldy + 8 * o;
+          const V::F t = V::fnmadd(zv, V::splat(sx[i]), V::loadf(facc + i * N + 8 * o));
+          V::storef(y, y_written ? V::fmadd(sv, t, V::loadf(y)) : V::mul(sv, t));
         }
       }
       y_written = true;
@@ -585,115 +623,50 @@ inline void gemv_i8(const AwqGemvI8Job& job) {
   with_rows(job.m, [&](auto m) { gemv_i8_m<decltype(m)::value>(job); });
 }
 
-inline __m256i broadcast4(const int8_t* p) {
-  int32_t v;
-  std::memcpy(&v, p, 4);
-  return _mm256_set1_epi32(v);
-}
-
-#if PAGEDLLM_TILE_AVX512
-// gemm_i8 on two octets at once (columns 8j … 8j+15: one 64-byte line of each slab, one zmm): the
-// same operations per column in the same order as the 8-column code below, so the same bits, with
-// half the instructions per column.
-inline void gemm_i8_pair(const AwqGemmI8Job& job, int64_t o) {
+// gemm_i8 over the W columns from octet o of the job: copied to wpack (see awq_gemm_i8_pack_words),
+// then every panel times them, with a 6 × W register tile over all of K.
+template <int W>
+inline void gemm_i8_cols(const AwqGemmI8Job& job, int64_t o) {
+  using V = I8V<W>;
   constexpr int MR = static_cast<int>(kAwqI8PanelRows);
   const AwqWeight& w = *job.w;
   const int64_t K = w.in_features, N = w.out_features, G = w.group_size, B = awq::kActivationBlock;
   const int64_t blocks = K / B, groups = K / G, per_group = G / B;
-  const __m512i low = _mm512_set1_epi8(0x0F), fifteen = _mm512_set1_epi32(15);
-  const __m512i shifts = _mm512_setr_epi32(awq::column_shift(0), awq::column_shift(1), awq::column_shift(2), awq::column_shift(3),
-                                           awq::column_shift(4), awq::column_shift(5), awq::column_shift(6), awq::column_shift(7),
-                                           awq::column_shift(0), awq::column_shift(1), awq::column_shift(2), awq::column_shift(3),
-                                           awq::column_shift(4), awq::column_shift(5), awq::column_shift(6), awq::column_shift(7));
-  const int64_t j = job.n0 / 8 + o;  // octets j, j + 1
-  int32_t* const wcol = job.wpack;  // slab r at wcol + 16 r
-  for (int64_t r = 0; r < K / 8; ++r)
-    _mm512_store_si512(wcol + 16 * r, _mm512_loadu_si512(w.qweight + r * N + 8 * j));
+  const int64_t j = job.n0 / 8 + o;  // the first octet: columns 8j … 8j + W − 1
+  int32_t* const wcol = job.wpack;   // slab r's words at wcol + W r
+  for (int64_t r = 0; r < K / 8; ++r) V::store(wcol + W * r, V::load(w.qweight + r * N + 8 * j));
   for (int64_t p = 0; p < job.panels; ++p) {
     const int8_t* const xq = job.xq + p * blocks * MR * B;
     const float* const xd = job.xscale + p * blocks * MR;
     const float* const xs = job.xsum + p * groups * MR;
-    __m512 y[MR];
-    for (int m = 0; m < MR; ++m) y[m] = _mm512_setzero_ps();
+    typename V::F y[MR];
+    for (int m = 0; m < MR; ++m) y[m] = V::zero();
     for (int64_t g = 0; g < groups; ++g) {
-      __m512 f[MR];
-      for (int m = 0; m < MR; ++m) f[m] = _mm512_setzero_ps();
+      typename V::F f[MR];
+      for (int m = 0; m < MR; ++m) f[m] = V::zero();
       for (int64_t b = g * per_group; b < (g + 1) * per_group; ++b) {
-        const __m512i v0 = _mm512_load_si512(wcol + 32 * b), v1 = _mm512_load_si512(wcol + 32 * b + 16);
-        const __m512i l0 = _mm512_and_si512(v0, low), h0 = _mm512_and_si512(_mm512_srli_epi16(v0, 4), low);
-        const __m512i l1 = _mm512_and_si512(v1, low), h1 = _mm512_and_si512(_mm512_srli_epi16(v1, 4), low);
+        const typename V::I v0 = V::load(wcol + 2 * W * b), v1 = V::load(wcol + 2 * W * b + W);
+        const typename V::I l0 = V::low(v0), h0 = V::high(v0), l1 = V::low(v1), h1 = V::high(v1);
         const int8_t* const xb = xq + b * MR * B;
 #pragma GCC unroll 6
         for (int m = 0; m < MR; ++m) {
-          const int8_t* const r = xb + m * B;
           int32_t x4[4];
-          std::memcpy(x4, r, sizeof x4);
-          __m512i q = _mm512_dpbusd_epi32(_mm512_setzero_si512(), l0, _mm512_set1_epi32(x4[0]));
-          q = _mm512_dpbusd_epi32(q, h0, _mm512_set1_epi32(x4[1]));
-          q = _mm512_dpbusd_epi32(q, l1, _mm512_set1_epi32(x4[2]));
-          q = _mm512_dpbusd_epi32(q, h1, _mm512_set1_epi32(x4[3]));
-          f[m] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(q), _mm512_set1_ps(xd[b * MR + m]), f[m]);
+          std::memcpy(x4, xb + m * B, sizeof x4);
+          f[m] = V::fmadd(V::cvt(V::dot(l0, h0, l1, h1, x4)), V::splat(xd[b * MR + m]), f[m]);
         }
       }
-      const __m512 sv = _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.scales + g * N + 8 * j)));
-      const int32_t* const zw = w.qzeros + g * (N / 8) + j;
-      const __m512i zs = _mm512_inserti64x4(_mm512_castsi256_si512(_mm256_set1_epi32(zw[0])), _mm256_set1_epi32(zw[1]), 1);
-      const __m512 zv = _mm512_cvtepi32_ps(_mm512_and_si512(_mm512_srlv_epi32(zs, shifts), fifteen));
-      for (int m = 0; m < MR; ++m) y[m] = _mm512_fmadd_ps(sv, _mm512_fnmadd_ps(zv, _mm512_set1_ps(xs[g * MR + m]), f[m]), y[m]);
+      const typename V::F sv = V::scales(w.scales + g * N + 8 * j), zv = V::zeros(w.qzeros + g * (N / 8) + j);
+      for (int m = 0; m < MR; ++m) y[m] = V::fmadd(sv, V::fnmadd(zv, V::splat(xs[g * MR + m]), f[m]), y[m]);
     }
     float* const c = job.c + p * MR * job.ldc + 8 * o;
-    for (int m = 0; m < MR; ++m) _mm512_storeu_ps(c + m * job.ldc, y[m]);
+    for (int m = 0; m < MR; ++m) V::storef(c + m * job.ldc, y[m]);
   }
 }
-#endif
 
 inline void gemm_i8(const AwqGemmI8Job& job) {
-  constexpr int MR = static_cast<int>(kAwqI8PanelRows);
-  const AwqWeight& w = *job.w;
-  const int64_t K = w.in_features, N = w.out_features, G = w.group_size, B = awq::kActivationBlock;
-  const int64_t blocks = K / B, groups = K / G, per_group = G / B;
-  const __m256i low = _mm256_set1_epi8(0x0F), fifteen = _mm256_set1_epi32(15);
-  const __m256i shifts = _mm256_setr_epi32(awq::column_shift(0), awq::column_shift(1), awq::column_shift(2), awq::column_shift(3),
-                                           awq::column_shift(4), awq::column_shift(5), awq::column_shift(6), awq::column_shift(7));
   int64_t o = 0;
-#if PAGEDLLM_TILE_AVX512
-  for (; o + 2 <= job.nb / 8; o += 2) gemm_i8_pair(job, o);
-#endif
-  for (; o < job.nb / 8; ++o) {
-    const int64_t j = job.n0 / 8 + o;  // the octet: columns 8j … 8j+7
-    int32_t* const wcol = job.wpack;  // slab r's words at wcol + 8 r
-    for (int64_t r = 0; r < K / 8; ++r)
-      _mm256_store_si256(reinterpret_cast<__m256i*>(wcol + 8 * r), _mm256_loadu_si256(reinterpret_cast<const __m256i*>(w.qweight + r * N + 8 * j)));
-    for (int64_t p = 0; p < job.panels; ++p) {
-      const int8_t* const xq = job.xq + p * blocks * MR * B;
-      const float* const xd = job.xscale + p * blocks * MR;
-      const float* const xs = job.xsum + p * groups * MR;
-      float* const c = job.c + p * MR * job.ldc + 8 * o;
-      __m256 y[MR];
-      for (int m = 0; m < MR; ++m) y[m] = _mm256_setzero_ps();
-      for (int64_t g = 0; g < groups; ++g) {
-        __m256 f[MR];
-        for (int m = 0; m < MR; ++m) f[m] = _mm256_setzero_ps();
-        for (int64_t b = g * per_group; b < (g + 1) * per_group; ++b) {
-          const __m256i v0 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wcol + 16 * b));
-          const __m256i v1 = _mm256_load_si256(reinterpret_cast<const __m256i*>(wcol + 16 * b + 8));
-          const __m256i l0 = _mm256_and_si256(v0, low), h0 = _mm256_and_si256(_mm256_srli_epi16(v0, 4), low);
-          const __m256i l1 = _mm256_and_si256(v1, low), h1 = _mm256_and_si256(_mm256_srli_epi16(v1, 4), low);
-          const int8_t* const xb = xq + b * MR * B;
-#pragma GCC unroll 6
-          for (int m = 0; m < MR; ++m) {
-            const int8_t* const r = xb + m * B;
-            const __m256i q = dot4x4(l0, h0, l1, h1, broadcast4(r), broadcast4(r + 4), broadcast4(r + 8), broadcast4(r + 12));
-            f[m] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(q), _mm256_broadcast_ss(xd + b * MR + m), f[m]);
-          }
-        }
-        const __m256 sv = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(w.scales + g * N + 8 * j)));
-        const __m256 zv = _mm256_cvtepi32_ps(_mm256_and_si256(_mm256_srlv_epi32(_mm256_set1_epi32(w.qzeros[g * (N / 8) + j]), shifts), fifteen));
-        for (int m = 0; m < MR; ++m) y[m] = _mm256_fmadd_ps(sv, _mm256_fnmadd_ps(zv, _mm256_broadcast_ss(xs + g * MR + m), f[m]), y[m]);
-      }
-      for (int m = 0; m < MR; ++m) _mm256_storeu_ps(c + m * job.ldc, y[m]);
-    }
-  }
+  for (; o + kI8Wide / 8 <= job.nb / 8; o += kI8Wide / 8) gemm_i8_cols<kI8Wide>(job, o);
+  for (; o < job.nb / 8; ++o) gemm_i8_cols<8>(job, o);
 }
 
 #endif  // PAGEDLLM_TILE_AVX2
