@@ -15,12 +15,6 @@
 #include "pagedllm/dtype.h"
 
 PAGEDLLM_AVX512_BEGIN
-// GCC 12's AVX-512 intrinsics pass _mm512_undefined_*() as the unused source of their masked
-// builtins, which -Wmaybe-uninitialized reports at every call (a false positive: GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
 
 #define PAGEDLLM_TILE_IMPLEMENTATION
 #define PAGEDLLM_TILE_AVX2 1
@@ -35,9 +29,6 @@ void gemv_i8_avx512(const AwqGemvI8Job& job) { avx512::gemv_i8(job); }
 void gemm_i8_avx512(const AwqGemmI8Job& job) { avx512::gemm_i8(job); }
 }  // namespace pagedllm::awq_kernels
 
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
 PAGEDLLM_AVX512_END
 
 #else
