@@ -1,4 +1,4 @@
-// Runs every registered test (or those whose name contains argv[1]).
+// Runs every registered test, or those whose name contains any of the arguments.
 #include <chrono>
 #include <cstdio>
 #include <exception>
@@ -14,10 +14,15 @@ std::vector<Case>& registry() {
 }  // namespace test
 
 int main(int argc, char** argv) {
-  const char* filter = argc > 1 ? argv[1] : nullptr;
+  const auto selected = [&](const std::string& name) {
+    if (argc < 2) return true;
+    for (int i = 1; i < argc; ++i)
+      if (name.find(argv[i]) != std::string::npos) return true;
+    return false;
+  };
   int passed = 0, failed = 0, skipped = 0;
   for (const test::Case& c : test::registry()) {
-    if (filter && c.name.find(filter) == std::string::npos) continue;
+    if (!selected(c.name)) continue;
     const auto start = std::chrono::steady_clock::now();
     std::string status = "PASS", detail;
     try {
