@@ -613,7 +613,7 @@ __device__ __forceinline__ float block_reduce(float v, float* scratch, Op op) {
 // Log-sum-exp merge of the partitions of one (query head, sequence):
 //   out = Σ_k l_k e^(m_k − M) o_k / Σ_k l_k e^(m_k − M),  M = max_k m_k,
 // with o_k the normalised partial output of partition k. Grid (num_heads, num_seqs),
-// num_partitions floats of dynamic shared memory.
+// num_partitions + 3 floats of dynamic shared memory (see the launch).
 __global__ void __launch_bounds__(kMergeThreads) merge_partitions_kernel(const DecodeParams p, int head_size) {
   extern __shared__ float weight_s[];  // [num_partitions]
   __shared__ float scratch[kMergeThreads / 32];
@@ -792,7 +792,10 @@ void launch_decode(const PagedAttentionArgs& a, CudaStream& stream) {
     kernel<<<grid, kThreads, smem, stream.handle()>>>(p);
     PAGEDLLM_CUDA_CHECK(cudaGetLastError());
     const dim3 merge_grid(static_cast<unsigned>(p.num_heads), static_cast<unsigned>(a.num_seqs));
-    merge_partitions_kernel<<<merge_grid, kMergeThreads, p.num_partitions * sizeof(float), stream.handle()>>>(p, D);
+    // Three floats of slack: ptxas loads the k-loop's remainder (up to 3 weights) as one
+    // shared-memory read before branching on how many there are, which compute-sanitizer's
+    // memcheck reported as out of bounds when a row's last partition was the array's last.
+    merge_partitions_kernel<<<merge_grid, kMergeThreads, (p.num_partitions + 3) * sizeof(float), stream.handle()>>>(p, D);
     PAGEDLLM_CUDA_CHECK(cudaGetLastError());
   } catch (...) {
     resource->deallocate(workspace, bytes, stream, Category::Workspace);

@@ -23,6 +23,7 @@
 #include <cstring>
 #include <map>
 #include <mutex>
+#include <vector>
 
 #include "../cpu/cpu_stream.h"
 #include "cuda_stream.h"
@@ -44,6 +45,7 @@ class StagingPool {
 
   Buffer acquire(size_t bytes) {
     const size_t rounded = round_up(bytes);
+    std::vector<void*> victims;
     {
       std::lock_guard<std::mutex> lock(mutex_);
       auto it = free_.lower_bound(rounded);
@@ -53,8 +55,18 @@ class StagingPool {
         free_.erase(it);
         return buffer;
       }
-      trim_locked(kMaxCachedBytes > rounded ? kMaxCachedBytes - rounded : 0);
+      const size_t keep = kMaxCachedBytes > rounded ? kMaxCachedBytes - rounded : 0;
+      while (cached_bytes_ > keep && !free_.empty()) {
+        auto last = std::prev(free_.end());
+        victims.push_back(last->second);
+        cached_bytes_ -= last->first;
+        free_.erase(last);
+      }
     }
+    // Outside the lock: cudaFreeHost waits for the device, and host functions queued before it
+    // (release() of earlier transfers) take the lock. Freeing under it deadlocked the first GPU
+    // run of the native tests (H200, 2026-12-04) once large cases had filled the cache.
+    for (void* ptr : victims) cudaFreeHost(ptr);
     void* ptr = nullptr;
     PAGEDLLM_CUDA_CHECK(cudaHostAlloc(&ptr, rounded, cudaHostAllocPortable));
     return Buffer{ptr, rounded};
@@ -70,15 +82,6 @@ class StagingPool {
   static constexpr size_t kGranule = size_t(1) << 20;
   static constexpr size_t kMaxCachedBytes = size_t(256) << 20;
   static size_t round_up(size_t bytes) { return (bytes + kGranule - 1) / kGranule * kGranule; }
-
-  void trim_locked(size_t keep) {
-    while (cached_bytes_ > keep && !free_.empty()) {
-      auto it = std::prev(free_.end());
-      cudaFreeHost(it->second);
-      cached_bytes_ -= it->first;
-      free_.erase(it);
-    }
-  }
 
   std::mutex mutex_;
   std::multimap<size_t, void*> free_;

@@ -15,7 +15,7 @@
 // generated position. A row passes when its error is within the dtype's tolerance (float32:
 // 1e-4; float16: 1e-2; bfloat16: 5e-2, or 4× Transformers' own error where that is larger), and
 // a differing greedy token only where the float32 reference itself ranks the two within the
-// row's error. Exit status 1 when any case fails.
+// two rows' errors (pagedllm's and Transformers' own). Exit status 1 when any case fails.
 'use strict';
 const fs = require('node:fs');
 const path = require('node:path');
@@ -114,17 +114,20 @@ async function compareCase(dir, device) {
       const want = ref.tokenIds[t + 1], got = argmax(row);
       if (got === want) greedyEqual++;
       else {
-        let maxAbs = 0;
-        for (let i = 0; i < V; i++) maxAbs = Math.max(maxAbs, Math.abs(row[i] - r[i]));
+        // Transformers chose `want` in its own dtype: where that rounding, or ours, can swap the
+        // two candidates (the float32 reference ranks them within both rows' errors), either is right.
+        const h = hfLogits.subarray(t * V, (t + 1) * V);
+        let maxAbs = 0, hfMaxAbs = 0;
+        for (let i = 0; i < V; i++) maxAbs = Math.max(maxAbs, Math.abs(row[i] - r[i])), hfMaxAbs = Math.max(hfMaxAbs, Math.abs(h[i] - r[i]));
         const gap = Math.abs(r[want] - r[got]);
-        if (gap <= 2 * maxAbs) greedyExplained++;
+        if (gap <= 2 * (maxAbs + hfMaxAbs)) greedyExplained++;
         else greedyWrong++;
-        if (mismatches.length < 3) mismatches.push({ position: t + 1, transformers: want, pagedllm: got, referenceGap: gap, rowMaxAbsError: maxAbs });
+        if (mismatches.length < 3) mismatches.push({ position: t + 1, transformers: want, pagedllm: got, referenceGap: gap, rowMaxAbsError: maxAbs, transformersRowMaxAbsError: hfMaxAbs });
       }
     }
   }
   const tol = Math.max(TOLERANCE[dtype], 4 * (dtype === 'float32' ? 0 : hfWorst));
-  const pass = worst <= tol && greedyWrong === 0 && (dtype !== 'float32' || greedyExplained === 0);
+  const pass = worst <= tol && greedyWrong === 0 && (ref.dtype !== 'float32' || greedyExplained === 0);
   return {
     case: ref.case, device, activations: dtype, weights: ref.dtype, tokens: T, promptLength: ref.promptLength,
     maxRelL2: worst, worstRow, transformersMaxRelL2: ref.dtype === 'float32' ? 0 : hfWorst, tolerance: tol,
