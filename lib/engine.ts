@@ -419,7 +419,7 @@ export class Engine {
       const planFor = (budget: MemoryBudget): MemoryPlan => planMemory({
         modelConfig, deviceMemory: model.device, kvDtype, blockSize, maxModelLen, maxNumSeqs, maxNumBatchedTokens, budget,
         weightsDtype: model.dtype === 'float32' ? 'float32' : undefined,
-        measured: weightsBytes ? { weightsBytes } : undefined,
+        measured: weightsBytes ? { weightsBytes, weightsResident: true } : undefined,
       });
       let budget = options.budget;
       if (budget === undefined) {

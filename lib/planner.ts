@@ -28,8 +28,9 @@
  * });
  * console.log(plan.numBlocks, plan.kvTokens, plan.maxConcurrency);
  */
-import { devices, parseDevice } from './device';
+import { devices, parseDevice, type DeviceSpec } from './device';
 import { InvalidArgumentError } from './errors';
+import { memoryReport } from './memory';
 
 /** The fields of a Hugging Face `config.json` the planner reads (Llama family). */
 export interface ModelConfig {
@@ -77,7 +78,17 @@ export interface PlanOptions {
    * Measured figures replacing the estimates (what an engine's profiling step
    * found, as vLLM measures non-KV memory), in bytes.
    */
-  measured?: { weightsBytes?: number; activationBytes?: number; workspaceBytes?: number };
+  measured?: {
+    weightsBytes?: number;
+    activationBytes?: number;
+    workspaceBytes?: number;
+    /**
+     * The weights (`weightsBytes`) are already on the device: its free memory is taken with them
+     * added back (at most the total), since the plan counts them itself. An engine plans after
+     * loading its model; vLLM's and TensorRT-LLM's budgets are of the memory before weights.
+     */
+    weightsResident?: boolean;
+  };
 }
 
 export interface MemoryPlan {
@@ -215,10 +226,18 @@ function deviceBytes(deviceMemory: PlanOptions['deviceMemory']): { totalBytes: n
   if (typeof deviceMemory === 'string') {
     const { device, kind, index } = parseDevice(deviceMemory);
     const report = devices();
-    if (kind === 0) return { totalBytes: report.cpu.totalMemory, freeBytes: report.cpu.availableMemory };
-    const gpu = report.cuda.devices[index];
-    if (!report.cuda.available || !gpu) fail(`${device} cannot be asked for its memory: ${report.cuda.available ? 'no such device' : report.cuda.reason}`);
-    return { totalBytes: gpu.totalMemory, freeBytes: gpu.freeMemory };
+    let totalBytes: number, freeBytes: number;
+    if (kind === 0) {
+      totalBytes = report.cpu.totalMemory, freeBytes = report.cpu.availableMemory;
+    } else {
+      const gpu = report.cuda.devices[index];
+      if (!report.cuda.available || !gpu) fail(`${device} cannot be asked for its memory: ${report.cuda.available ? 'no such device' : report.cuda.reason}`);
+      totalBytes = gpu.totalMemory, freeBytes = gpu.freeMemory;
+    }
+    // What this process's default pool holds but does not use (a disposed engine's KV cache, say)
+    // is as free to the plan as the driver's: the pool hands it out before asking for more.
+    freeBytes += memoryReport(device as DeviceSpec).pool?.free ?? 0;
+    return { totalBytes, freeBytes: Math.min(totalBytes, freeBytes) };
   }
   if (deviceMemory === null || typeof deviceMemory !== 'object') fail('deviceMemory must be { totalBytes, freeBytes? } or a device name');
   const totalBytes = positiveInteger(deviceMemory.totalBytes, 'deviceMemory.totalBytes');
@@ -232,14 +251,17 @@ export function planMemory(options: PlanOptions): MemoryPlan {
   if (options === null || typeof options !== 'object') fail('expected an options object');
   const config = options.modelConfig;
   dimensions(config);
-  const { totalBytes, freeBytes } = deviceBytes(options.deviceMemory);
+  const measured = options.measured ?? {};
+  const device = deviceBytes(options.deviceMemory);
+  const totalBytes = device.totalBytes;
+  const resident = measured.weightsResident === true ? positiveInteger(measured.weightsBytes, 'measured.weightsBytes (weightsResident)') : 0;
+  const freeBytes = Math.min(totalBytes, device.freeBytes + resident);
   const kvDtype = options.kvDtype ?? 'float16';
   const blockSize = positiveInteger(options.blockSize ?? 16, 'blockSize');
   if ((blockSize & (blockSize - 1)) !== 0) fail(`blockSize ${blockSize} is not a power of two`);
   const maxModelLen = positiveInteger(options.maxModelLen ?? config.max_position_embeddings ?? 4096, 'maxModelLen');
   const maxNumSeqs = positiveInteger(options.maxNumSeqs ?? 256, 'maxNumSeqs');
   const maxNumBatchedTokens = positiveInteger(options.maxNumBatchedTokens ?? Math.max(maxModelLen, 2048), 'maxNumBatchedTokens');
-  const measured = options.measured ?? {};
   const measuredBytes = (value: number | undefined, name: string, estimate: () => number): number =>
     value === undefined ? estimate() : value === 0 ? 0 : positiveInteger(value, `measured.${name}`);
   const weightsBytes = measuredBytes(measured.weightsBytes, 'weightsBytes', () => estimateWeightsBytes(config, options.weightsDtype ?? defaultWeightsDtype(config)));

@@ -6,7 +6,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 
+import { devices } from '../../lib/device';
+import { memoryReport } from '../../lib/memory';
 import { estimateActivationBytes, estimateWeightsBytes, kvBytesPerToken, planMemory, type ModelConfig } from '../../lib/planner';
+import { Tensor } from '../../lib/tensor';
 
 const GiB = 2 ** 30;
 const MiB = 2 ** 20;
@@ -127,6 +130,22 @@ describe('vLLM semantics: a fraction of total memory for the whole instance', ()
     );
   });
 
+  test('weights already loaded (an engine plans after loading) count as free once, not as used and again as weights', () => {
+    // 80 GiB card, 13.5 GiB of weights resident: the driver reports 66.5 GiB free. Budgets are of the
+    // memory before weights, so util 0.9 still plans 7168 blocks, and TRT's fraction the same 7373.
+    const device = { totalBytes: 80 * GiB, freeBytes: 80 * GiB - measured.weightsBytes };
+    const resident = { ...measured, weightsResident: true };
+    expect(planMemory({ modelConfig: llama2_7b, deviceMemory: device, budget: { gpuMemoryUtilization: 0.9 }, measured: resident }).numBlocks).toBe(7168);
+    expect(planMemory({ modelConfig: llama2_7b, deviceMemory: device, budget: { freeMemoryFraction: 0.9 }, measured: resident }).numBlocks).toBe(7373);
+    // Without the flag the same numbers read as 13.5 GiB already taken by something else.
+    expect(() => planMemory({ modelConfig: llama2_7b, deviceMemory: device, budget: { gpuMemoryUtilization: 0.9 }, measured })).toThrow(
+      expect.objectContaining({ message: expect.stringMatching(/^planMemory: only 66.50 GiB of 80.00 GiB is free/) }),
+    );
+    expect(() => planMemory({ modelConfig: llama2_7b, deviceMemory: device, budget: { numBlocks: 1 }, measured: { weightsResident: true } })).toThrow(
+      expect.objectContaining({ code: 'ERR_INVALID_ARGUMENT', message: expect.stringMatching(/^planMemory: measured.weightsBytes \(weightsResident\) must be a positive integer/) }),
+    );
+  });
+
   test('nothing left for the KV cache is an error', () => {
     expect(() => planMemory({ modelConfig: llama2_7b, deviceMemory: { totalBytes: 16 * GiB }, budget: { gpuMemoryUtilization: 0.9 }, measured })).toThrow(
       expect.objectContaining({ message: expect.stringMatching(/^planMemory: no memory is left for the KV cache: gpuMemoryUtilization 0.9 gives 14.40 GiB, and weights 13.50 GiB/) }),
@@ -185,6 +204,20 @@ describe('other budgets, feasibility and validation', () => {
     const p = planMemory({ modelConfig: { ...llama3_8b, num_hidden_layers: 2, vocab_size: 1000 }, deviceMemory: 'cpu', maxModelLen: 512, budget: { kvCacheBytes: 64 * MiB } });
     expect(p.totalBytes).toBeGreaterThan(0);
     expect(p.numBlocks).toBe(Math.floor((64 * MiB) / (2 * 2 * 8 * 128 * 2 * 16)));
+  });
+});
+
+describe('free memory of a real device', () => {
+  test("counts what the process's own pool holds unused (a disposed engine's KV cache) as free", () => {
+    const config = { ...llama3_8b, num_hidden_layers: 2, vocab_size: 1000 };
+    const t = Tensor.empty([256 * MiB], { dtype: 'uint8', device: 'cpu' });
+    t.dispose(); // back to the default pool, which keeps it
+    const poolFree = memoryReport('cpu').pool!.free;
+    expect(poolFree).toBeGreaterThanOrEqual(256 * MiB);
+    const p = planMemory({ modelConfig: config, deviceMemory: 'cpu', maxModelLen: 512, budget: { numBlocks: 32 } });
+    const available = devices().cpu.availableMemory;
+    // The OS's figure moves a little between the two reads; the pool's 256 MiB may not go missing.
+    expect(p.freeBytes - available).toBeGreaterThan(poolFree - 64 * MiB);
   });
 });
 
