@@ -1,0 +1,95 @@
+#!/usr/bin/env bash
+# One call on a GPU machine (cmake/nvcc/python3 with PyTorch + Transformers, no Node, no network),
+# with what scripts/gpu-pack.sh put in .gpu/ and dist/ + build-bench/ carried. Timed work runs
+# first and alone; then the plain CUDA test run, compute-sanitizer over sets of tests and the
+# comparison with Transformers run side by side (nothing timed). Every step has a time cap within
+# BUDGET seconds; logs and JSON go to $OUT/results.tar.gz (or ./gpu-results/), and a summary
+# ends the output.
+#
+#   BUDGET=420 STEPS=bench,allocators,e2e,tests,sanitize,hf LAYERS=8 bash scripts/gpu-run.sh
+#
+# e2e: a Llama-2-7B-shaped model (LAYERS of its 32 layers; fp16 and random AWQ int4) through
+# bench:decode at batch 1 and 64 with 512-token prompts, and Transformers' generate() on the
+# same fp16 folder, in the same call.
+set -u
+cd "$(dirname "$0")/.."
+BUDGET=${BUDGET:-420}
+STEPS=",${STEPS:-bench,allocators,e2e,tests,sanitize,hf},"
+LAYERS=${LAYERS:-8}
+R=/tmp/gpu-results
+DEST=${OUT:-$PWD/gpu-results}
+rm -rf $R && mkdir -p $R "$DEST"
+exec > >(tee $R/session.log) 2>&1
+want() { [[ $STEPS == *",$1,"* ]]; }
+left() { echo $((BUDGET - SECONDS)); }
+cap() { local l=$(( $(left) - 15 )); [ $l -lt $1 ] && echo $l || echo $1; }
+step() {  # step NAME MAXSECONDS command... (foreground, time-capped)
+  local name=$1 max=$2; shift 2
+  local t; t=$(cap $max)
+  if [ $t -lt 10 ]; then echo "== $name: not run (budget)"; return; fi
+  echo "== $name (cap ${t}s, t=${SECONDS}s)"
+  local s=$SECONDS
+  timeout -k 5 $t "$@" >$R/$name.log 2>&1
+  echo "== $name rc=$? in $((SECONDS - s))s"; tail -${TAILN:-6} $R/$name.log
+}
+pack() { find benchmarks/results -name 'allocators-*.json' -newer .gpu/commit -exec cp {} $R/ \; 2>/dev/null; tar -czf "$DEST/results.tar.gz" -C /tmp gpu-results; }
+trap pack EXIT
+
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm --format=csv
+echo "commit $(cat .gpu/commit 2>/dev/null | tr '\n' ' ')"; date -u
+mkdir -p build/Release /tmp/gpu-bin
+for f in pagedllm_tests pagedllm_bench_attention pagedllm_bench_linear; do xz -dc .gpu/$f.xz >build/$f && chmod +x build/$f; done
+xz -dc .gpu/pagedllm.node.xz >build/Release/pagedllm.node
+xz -dc .gpu/node.xz >/tmp/gpu-bin/node && chmod +x /tmp/gpu-bin/node
+[ -e node_modules ] || mv .gpu/node_modules node_modules
+export PATH=/tmp/gpu-bin:$PATH PYTHONUNBUFFERED=1
+node -e "console.log(JSON.stringify(require('./dist').devices().cuda))"
+(while true; do nvidia-smi --query-gpu=memory.used,utilization.gpu --format=csv,noheader; sleep 5; done >$R/smi.log 2>&1) &
+SMI=$!
+
+# ---- timed, alone ----
+if want bench; then
+  TAILN=14 step bench-attention 60 build/pagedllm_bench_attention --device cuda
+  TAILN=14 step bench-linear 60 build/pagedllm_bench_linear --device cuda
+fi
+want allocators && TAILN=20 step allocators 60 node build-bench/allocators.bench.js
+if want e2e; then
+  step make-model 90 python3 benchmarks/make_gpu_model.py --out /tmp/m7b --layers $LAYERS --awq /tmp/m7b-awq
+  for m in m7b m7b-awq; do
+    TAILN=14 step decode-$m 90 node build-bench/decode.bench.js --model /tmp/$m --device cuda --batches 1,64 --prompt 512 --gen 64 --out $R/decode-$m.json
+  done
+  TAILN=4 step hf-generate 90 python3 benchmarks/hf_generate_bench.py --model /tmp/m7b --batches 1,64 --prompt 512 --gen 64
+fi
+
+# ---- correctness, side by side ----
+t=$(( $(left) - 45 ))
+PIDS=()
+bg() { local name=$1; shift; (timeout -k 5 $t "$@" >$R/$name.log 2>&1; echo "rc=$?" >>$R/$name.log) & PIDS+=($!); }
+if [ $t -gt 20 ]; then
+  want tests && bg tests-cuda build/pagedllm_tests cuda
+  if want sanitize && command -v compute-sanitizer >/dev/null; then
+    D="cuda_attention_decode"
+    A="cuda_attention_prefill cuda_awq"
+    B="cuda_linear cuda_sample cuda_cache cuda_swap cuda_embedding cuda_rms cuda_rope cuda_silu cuda_upload cuda_cast cuda_fill cuda_copy cuda_stream"
+    M="/cuda (cuda)"
+    for tool in memcheck racecheck initcheck synccheck; do
+      bg san-$tool-decode compute-sanitizer --tool $tool --error-exitcode 99 build/pagedllm_tests $D
+      bg san-$tool-A compute-sanitizer --tool $tool --error-exitcode 99 build/pagedllm_tests $A
+      bg san-$tool-B compute-sanitizer --tool $tool --error-exitcode 99 build/pagedllm_tests $B
+      bg san-$tool-memory compute-sanitizer --tool $tool --error-exitcode 99 build/pagedllm_tests $M
+    done
+  fi
+fi
+if want hf; then
+  step hf-reference 90 python3 benchmarks/hf_reference.py --out /tmp/hf
+  TAILN=16 step hf-compare 60 node scripts/hf-compare.js --root /tmp/hf --devices cuda,cpu --out $R/hf-compare.json
+fi
+[ ${#PIDS[@]} -gt 0 ] && wait "${PIDS[@]}"
+kill $SMI 2>/dev/null
+
+echo "== summary (t=${SECONDS}s)"
+[ -f $R/tests-cuda.log ] && { grep -E '^FAIL' $R/tests-cuda.log | cut -c1-300; echo "tests-cuda: $(grep -E '^[0-9]+ passed, ' $R/tests-cuda.log | tail -1) | $(tail -1 $R/tests-cuda.log)"; }
+for f in $R/san-*.log; do
+  [ -f "$f" ] || continue
+  echo "$(basename $f .log): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $f | tail -1 | sed 's/=* *//') | $(grep -E '^[0-9]+ passed, ' $f | tail -1) | $(tail -1 $f)"
+done
