@@ -16,7 +16,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 
-import { devices, Engine, makeTestModel, type EngineStep } from '../dist';
+import { devices, Engine, makeTestModel, memoryReport, type DeviceSpec, type EngineStep } from '../dist';
 import { arg, gitCommit, readBandwidth } from './common';
 
 async function main(): Promise<void> {
@@ -34,6 +34,14 @@ async function main(): Promise<void> {
   }
   const bw = readBandwidth(device);
   console.log(`${device}: ${bw.what} = ${(bw.bytesPerSecond / 1e9).toFixed(1)} GB/s`);
+  // The ledger (our default pool's reserved bytes) beside what the device reports in use, and the
+  // pool's upstream (driver) allocations: issue 9's "nothing allocated outside the ledger" and "no
+  // driver allocation in steady-state decode".
+  const memoryAt = (): { ledgerReservedBytes: number; deviceUsedBytes: number | null; upstreamAllocations: number } => {
+    const r = memoryReport(device as DeviceSpec);
+    const gpu = device.startsWith('cuda') ? devices().cuda.devices[Number(device.split(':')[1] ?? 0)] : undefined;
+    return { ledgerReservedBytes: r.pool?.reserved ?? 0, deviceUsedBytes: gpu ? gpu.totalMemory - gpu.freeMemory : null, upstreamAllocations: r.counts.upstreamAllocations };
+  };
   const rows = [];
   for (const B of batches) {
     const steps: EngineStep[] = [];
@@ -42,6 +50,7 @@ async function main(): Promise<void> {
       maxNumBatchedTokens: Math.max(B, Math.min(B * promptLen, 8192)), prefixCaching: false, onStep: (s) => steps.push(s),
     });
     try {
+      const created = memoryAt();
       const c = engine.model.config;
       // Bytes a step reads: every weight but the embedding table (gathered), unless lm_head is the same tensor.
       const layer = c.hiddenSize * (c.numHeads * c.headDim) * 2 + c.hiddenSize * (c.numKvHeads * c.headDim) * 2 + 3 * c.hiddenSize * c.intermediateSize + 2 * c.hiddenSize;
@@ -58,12 +67,14 @@ async function main(): Promise<void> {
       const prefillSeconds = (performance.now() - t) / 1000;
       const prefillTps = (B * promptLen) / prefillSeconds;
       // Decode: B sequences of genLen tokens; only the steps that decode all B count.
+      const beforeDecode = memoryAt();
       steps.length = 0;
       const lag = monitorEventLoopDelay({ resolution: 1 });
       lag.enable();
       t = performance.now();
       await Promise.all(Array.from({ length: B }, (_, i) => engine.generate({ promptTokenIds: prompt(B + i) }, { maxTokens: genLen, ignoreEos: true, temperature: 0 }).result()));
       lag.disable();
+      const decoded = memoryAt();
       const decodeSteps = steps.filter((s) => s.prefillTokens === 0 && s.decodeTokens === B);
       const decodeMs = decodeSteps.reduce((a, s) => a + s.durationMs, 0);
       const decodeTps = (decodeSteps.length * B * 1000) / decodeMs;
@@ -74,6 +85,13 @@ async function main(): Promise<void> {
         decodeTokensPerSecond: Number(decodeTps.toFixed(1)), decodeRooflineTokensPerSecond: Number(roofline.toFixed(1)), decodeRooflineFraction: Number((decodeTps / roofline).toFixed(3)),
         decodeStepMs: Number((decodeMs / decodeSteps.length).toFixed(2)), decodeSteps: decodeSteps.length,
         eventLoopDelayP99Ms: Number((lag.percentile(99) / 1e6).toFixed(2)), weightBytesPerStep: Math.round(readBytes),
+        memory: {
+          plan: { policy: engine.plan.policy, numBlocks: engine.plan.numBlocks, kvCacheBytes: engine.plan.kvCacheBytes, totalBytes: engine.plan.totalBytes, freeBytes: engine.plan.freeBytes },
+          afterCreate: created, afterDecode: decoded,
+          // Ledger over the device's own figure (the CUDA context, outside any allocator, is the rest).
+          ledgerOverDeviceUsed: decoded.deviceUsedBytes ? Number((decoded.ledgerReservedBytes / decoded.deviceUsedBytes).toFixed(4)) : null,
+          upstreamAllocationsWhileDecoding: decoded.upstreamAllocations - beforeDecode.upstreamAllocations,
+        },
       });
     } finally {
       engine.dispose();
