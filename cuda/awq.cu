@@ -29,8 +29,15 @@
 //   compute-bound and dequantizing once costs less than in every tile.
 //
 // The dispatch thresholds (kGemvMaxRows, kDequantMinRows) and the split-K
-// targets are first guesses, written without a GPU: they are constants to be
-// tuned with benchmarks/awq-gemm.bench.ts on one.
+// targets are to be tuned with benchmarks/awq-gemm.bench.ts on a GPU. What the
+// first H200 run measured (benchmarks/results/linear-H200-2026-12-04.json, auto
+// dispatch): at M = 128 the tensor-core kernel took 0.320 ms (4096 × 4096) and
+// 0.342 ms (4096 × 11008) where the dense fp16 GEMM on the same shapes took
+// 0.082 and 0.125 ms; dequantizing the weight moves 42 / 113 MB, about 10 /
+// 27 µs at the 4.2 TB/s copy rate, so dequantize + dense is the faster path
+// from well below M = 128 on that GPU. kDequantMinRows was 256 (vLLM's AWQ
+// threshold) and is now 16; the tensor-core kernel keeps 9 ≤ M < 16 until it
+// is made faster. Each kernel is tested on every shape whatever the dispatch.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -48,7 +55,7 @@ namespace pagedllm {
 namespace {
 
 constexpr int64_t kGemvMaxRows = 8;       // M ≤ this: GEMV (to tune: vLLM's AWQ GEMV wins to ~8)
-constexpr int64_t kDequantMinRows = 256;  // M ≥ this: dequantize + dense GEMM (vLLM's AWQ threshold)
+constexpr int64_t kDequantMinRows = 16;   // M ≥ this: dequantize + dense GEMM (see above)
 constexpr int kGemvTileWords = 16;        // words (128 columns) per GEMV CTA
 constexpr int kThreads = 256;
 

@@ -199,7 +199,9 @@ export function estimateWeightsBytes(config: ModelConfig, weightsDtype: WeightsD
  *   layer — residual, normed input, q/k/v, attention output, gate and up —
  *   plus float32 logits and sampler probabilities for `maxNumSeqs` rows;
  * - workspace: split-K attention partials (head_dim + max + sum, float32) for
- *   `maxNumSeqs` sequences × heads × ceil(maxModelLen / 512) partitions.
+ *   `maxNumSeqs` sequences × heads × ceil(maxModelLen / 512) partitions; for an
+ *   AWQ model also the largest linear's weight dequantized to 16 bits, which
+ *   the CUDA AWQ linear writes for 16 tokens or more (cuda/awq.cu), one at a time.
  */
 export function estimateActivationBytes(
   config: ModelConfig,
@@ -209,8 +211,10 @@ export function estimateActivationBytes(
   const perToken = 2 * d.hidden + (d.heads + 2 * d.kvHeads) * d.headDim + d.heads * d.headDim + 2 * d.intermediate;
   const activationBytes = options.maxNumBatchedTokens * perToken * 2 + 2 * options.maxNumSeqs * d.vocab * 4;
   const partitions = Math.ceil(options.maxModelLen / 512);
-  const workspaceBytes = options.maxNumSeqs * d.heads * partitions * (d.headDim + 2) * 4;
-  return { activationBytes, workspaceBytes };
+  const attentionBytes = options.maxNumSeqs * d.heads * partitions * (d.headDim + 2) * 4;
+  const awq = config.quantization_config?.quant_method === 'awq';
+  const dequantBytes = awq ? 2 * d.hidden * Math.max(d.intermediate, d.heads * d.headDim, d.kvHeads * d.headDim) : 0;
+  return { activationBytes, workspaceBytes: attentionBytes + dequantBytes };
 }
 
 /** KV bytes per token: 2 · layers · kvHeads · headDim · bytes, plus a float32 scale per (token, head) of K and V for int8/fp8. */

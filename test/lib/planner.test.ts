@@ -66,6 +66,13 @@ describe('sizes', () => {
     expect(estimateWeightsBytes(awq)).toBe(32 * perLayer + (2 * 32000 * 4096 + 4096) * 2);
     expect(estimateWeightsBytes(awq) / estimateWeightsBytes(llama2_7b)).toBeLessThan(0.3);
   });
+
+  test('AWQ workspace: the largest linear dequantized to 16 bits (the CUDA path from 16 tokens), once', () => {
+    const awq = { ...llama2_7b, quantization_config: { quant_method: 'awq', bits: 4, group_size: 128 } };
+    const o = { maxNumBatchedTokens: 2048, maxNumSeqs: 256, maxModelLen: 4096 };
+    expect(estimateActivationBytes(awq, o).workspaceBytes - estimateActivationBytes(llama2_7b, o).workspaceBytes).toBe(2 * 4096 * 11008);
+    expect(estimateActivationBytes(awq, o).activationBytes).toBe(estimateActivationBytes(llama2_7b, o).activationBytes);
+  });
 });
 
 describe('TensorRT-LLM semantics: a fraction of the memory free after weights and activations', () => {
