@@ -51,6 +51,7 @@ SMI=$!
 if want bench; then
   TAILN=14 step bench-attention 60 build/pagedllm_bench_attention --device cuda
   TAILN=14 step bench-linear 60 build/pagedllm_bench_linear --device cuda
+  TAILN=14 step bench-awq 90 node build-bench/awq-gemm.bench.js --device cuda --shapes 4096x4096,4096x11008,11008x4096 --m 1,4,8,16,32,64,128,256 --out $R/awq-gemm.json
 fi
 want allocators && TAILN=20 step allocators 60 node build-bench/allocators.bench.js
 if want e2e; then
