@@ -93,6 +93,7 @@ async function main(): Promise<void> {
           upstreamAllocationsWhileDecoding: decoded.upstreamAllocations - beforeDecode.upstreamAllocations,
         },
       });
+      console.log(JSON.stringify(rows[rows.length - 1]));  // each batch as it finishes: a later failure keeps it
     } finally {
       engine.dispose();
     }
