@@ -765,7 +765,10 @@ void launch_decode(const PagedAttentionArgs& a, CudaStream& stream) {
                        ? static_cast<int>(std::min<int64_t>(p.max_len, int64_t{p.sliding_window} + kPartitionGranule - 1))
                        : p.max_len;
   const int64_t base = a.num_seqs * p.num_kv_heads * p.head_chunks;
-  p.num_partitions = choose_partitions(base, span, limits.sms, occupancy);
+  p.num_partitions = a.decode_partitions > 0
+                         ? static_cast<int>(std::min<int64_t>({a.decode_partitions, kMaxPartitions,
+                                                               std::max<int64_t>(1, (span + kPartitionGranule - 1) / kPartitionGranule)}))
+                         : choose_partitions(base, span, limits.sms, occupancy);
   const int64_t ps = (std::max((span + p.num_partitions - 1) / p.num_partitions, 1) + kPartitionGranule - 1) /
                      kPartitionGranule * kPartitionGranule;
   p.partition_size = static_cast<int>(ps);

@@ -50,6 +50,12 @@ SMI=$!
 # ---- timed, alone ----
 if want bench; then
   TAILN=14 step bench-attention 60 build/pagedllm_bench_attention --device cuda
+  # The decode kernel's split-K partition count forced, on the cases furthest from their targets.
+  for n in 1 2 4 8 16 32; do
+    TAILN=0 step bench-attention-partitions-$n 20 build/pagedllm_bench_attention --device cuda --partitions $n --reps 10 \
+      --case decode_mha_b64_l1024 --case decode_gqa8_b64_l4096 --case decode_mha_b1_l16384
+    grep -oE '"name": "[a-z0-9_]+"|"medianUs": [0-9.]+|"fractionOfBandwidth": [0-9.]+' $R/bench-attention-partitions-$n.log | paste -sd' ' | sed 's/"name": /\n  /g'
+  done
   TAILN=14 step bench-linear 60 build/pagedllm_bench_linear --device cuda
   TAILN=14 step bench-awq 90 node build-bench/awq-gemm.bench.js --device cuda --shapes 4096x4096,4096x11008,11008x4096 --m 1,4,8,16,32,64,128,256 --out $R/awq-gemm.json
 fi

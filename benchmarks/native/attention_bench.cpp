@@ -1,7 +1,8 @@
 // The native paged-attention benchmark (driven by benchmarks/attention.bench.ts,
 // runnable alone where only cmake and nvcc exist, such as the GPU machine).
 //
-//   pagedllm_bench_attention [--device cpu|cuda] [--case NAME]... [--reps N] [--list]
+//   pagedllm_bench_attention [--device cpu|cuda] [--case NAME]... [--reps N] [--partitions N] [--list]
+//   (--partitions: force the CUDA decode kernel's split-K partition count, for tuning; 0: its own choice)
 //
 // For each case: the bytes the kernel must read (every visible K/V element and
 // scale once, the queries, plus the outputs written) over the median time, as a
@@ -95,7 +96,7 @@ struct Result {
   double median_s = 0, min_s = 0, bytes = 0, flops = 0;
 };
 
-Result run_case(const Case& c, const std::shared_ptr<Stream>& stream, int reps) {
+Result run_case(const Case& c, const std::shared_ptr<Stream>& stream, int reps, int partitions) {
   const bool quant = kv_dtype_is_quantized(c.kv);
   const int64_t blocks_per_seq = (c.seq_len + c.block_size - 1) / c.block_size;
   const int64_t num_blocks = blocks_per_seq * c.num_seqs + 1;
@@ -138,6 +139,7 @@ Result run_case(const Case& c, const std::shared_ptr<Stream>& stream, int reps) 
   a.value_cache = v.ptr;
   a.key_scales = quant ? static_cast<const float*>(ks->ptr) : nullptr;
   a.value_scales = quant ? static_cast<const float*>(vs->ptr) : nullptr;
+  a.decode_partitions = partitions;
   a.cache_dtype = c.kv;
   a.shape = shape;
   a.block_tables = static_cast<const int32_t*>(bt.ptr);
@@ -199,17 +201,18 @@ Result run_case(const Case& c, const std::shared_ptr<Stream>& stream, int reps) 
 int main(int argc, char** argv) {
   std::string device = "cpu";
   std::vector<std::string> only;
-  int reps = 0;
+  int reps = 0, partitions = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--device" && i + 1 < argc) device = argv[++i];
     else if (arg == "--case" && i + 1 < argc) only.push_back(argv[++i]);
     else if (arg == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
+    else if (arg == "--partitions" && i + 1 < argc) partitions = std::atoi(argv[++i]);
     else if (arg == "--list") {
       for (const Case& c : kCases) std::printf("%s %s\n", c.device, c.name);
       return 0;
     } else {
-      std::fprintf(stderr, "usage: %s [--device cpu|cuda] [--case NAME]... [--reps N] [--list]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--device cpu|cuda] [--case NAME]... [--reps N] [--partitions N] [--list]\n", argv[0]);
       return 2;
     }
   }
@@ -241,15 +244,15 @@ int main(int argc, char** argv) {
     for (const Case& c : kCases) {
       if (!only.empty() ? std::find(only.begin(), only.end(), c.name) == only.end() : std::string(c.device) != (cuda ? "cuda" : "cpu"))
         continue;
-      const Result r = run_case(c, stream, reps);
+      const Result r = run_case(c, stream, reps, partitions);
       std::printf("%s\n    {\"name\": \"%s\", \"numSeqs\": %d, \"seqLen\": %d, \"qLen\": %d, \"numHeads\": %d, \"numKvHeads\": %d, "
                   "\"headSize\": %d, \"blockSize\": %d, \"dtype\": \"%s\", \"kvDtype\": \"%s\", \"contiguous\": %s, "
                   "\"bytes\": %.0f, \"medianUs\": %.3f, \"minUs\": %.3f, \"bytesPerSecond\": %.6e, \"fractionOfBandwidth\": %.4f, "
-                  "\"tflops\": %.4f}",
+                  "\"tflops\": %.4f, \"decodePartitions\": %d}",
                   first ? "" : ",", c.name, c.num_seqs, c.seq_len, c.q_len, c.num_heads, c.num_kv_heads, c.head_size,
                   c.block_size, dtype_name(c.dtype), kv_dtype_name(c.kv), c.contiguous ? "true" : "false", r.bytes,
                   r.median_s * 1e6, r.min_s * 1e6, r.bytes / r.median_s, r.bytes / r.median_s / bandwidth,
-                  r.flops / r.median_s / 1e12);
+                  r.flops / r.median_s / 1e12, partitions);
       std::fflush(stdout);
       first = false;
     }

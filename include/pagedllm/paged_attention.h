@@ -95,6 +95,9 @@ struct PagedAttentionArgs {
   int32_t sliding_window;     // 0: off
   const float* alibi_slopes;  // null: off
   float softcap;              // 0: off
+  // CUDA decode only: split-K partitions per sequence, for tuning experiments (clamped to what
+  // the context allows); 0 or less: the launcher's own choice (choose_partitions).
+  int32_t decode_partitions;
 };
 
 // Empty when supported on `device`; otherwise the reason, naming the supported values.

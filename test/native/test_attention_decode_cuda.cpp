@@ -1,6 +1,7 @@
 // paged_attention_decode_cuda against the float64 reference of attention_case.h: a grid of head
 // sizes × block sizes × query dtypes × cache dtypes (each one mixed decode batch, GQA ratio and
-// sliding window varying), then split-K (a long sequence, partition boundaries), a batch of many
+// sliding window varying), then split-K (a long sequence, partition boundaries, forced partition
+// counts), a batch of many
 // short sequences, group sizes that need several CTAs per KV head, alibi + softcap, cu_seqlens_q
 // with empty sequences, a padded query stride, seq_len 0 and block ids outside the cache. The
 // cases' unused cache slots and table entries hold NaN, so a read past a sequence shows.
@@ -309,6 +310,30 @@ TEST(cuda_attention_decode_padded_query_stride) {
     a.query_stride = static_cast<int64_t>(stride_bytes / 2);
   });
   test::check_attention(c, test::attention_reference(c), got.data(), "padded query stride");
+}
+
+// decode_partitions (the benchmark's tuning knob) forces the split: every count, from one to more
+// than the context has granules (clamped), gives the reference's result, with and without a window.
+TEST(cuda_attention_decode_forced_partitions) {
+  require_cuda();
+  for (int window : {0, 700}) {
+    test::AttentionSpec s;
+    s.num_heads = 32;
+    s.num_kv_heads = 4;
+    s.head_size = 128;
+    s.block_size = 16;
+    s.dtype = DType::Float16;
+    s.cache_dtype = KvCacheDType::Float16;
+    s.seq_lens = {1, 255, 256, 257, 3000};
+    s.sliding_window = window;
+    s.seed = 70 + window;
+    const test::AttentionCase c = test::make_attention_case(s);
+    const std::vector<double> ref = test::attention_reference(c);
+    for (int partitions : {1, 2, 3, 7, 12, 1000}) {
+      const std::vector<unsigned char> got = run_decode(c, [&](PagedAttentionArgs& a, DeviceArrays&) { a.decode_partitions = partitions; });
+      test::check_attention(c, ref, got.data(), test::str("forced partitions ", partitions, ", window ", window).c_str());
+    }
+  }
 }
 
 // A row whose sequence has 0 cached tokens gets zeros; the other rows are unaffected.
