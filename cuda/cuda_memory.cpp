@@ -3,8 +3,11 @@
 // (cudaHostAlloc, with a pageable fallback).
 #include <cuda_runtime_api.h>
 
+#include <condition_variable>
 #include <cstdlib>
+#include <deque>
 #include <mutex>
+#include <thread>
 #include <unordered_set>
 
 #include "../cpu/cpu_stream.h"
@@ -133,6 +136,44 @@ class CudaAsyncMemoryResource final : public MemoryResource {
 
 // ---- pinned-host ------------------------------------------------------------------------------
 
+// Frees pinned host memory on a thread of its own. cudaFreeHost waits for the whole device, and a
+// device queue may hold a host function waiting for a CPU stream's later work (a CPU -> GPU copy
+// waits for its staging to be filled; swap_blocks for the CPU stream's earlier work): run on that
+// CPU stream's worker, the free would wait for the device and the device for the worker. This
+// thread is part of no stream, so every stream keeps moving while it waits.
+class PinnedReaper {
+ public:
+  static PinnedReaper& instance() {
+    static PinnedReaper* reaper = new PinnedReaper;  // leaked: frees may be queued during exit
+    return *reaper;
+  }
+  void free(void* ptr) {
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      queue_.push_back(ptr);
+    }
+    ready_.notify_one();
+  }
+
+ private:
+  PinnedReaper() { std::thread([this] { run(); }).detach(); }
+  void run() {
+    for (;;) {
+      void* ptr;
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        ready_.wait(lock, [this] { return !queue_.empty(); });
+        ptr = queue_.front();
+        queue_.pop_front();
+      }
+      if (cudaFreeHost(ptr) != cudaSuccess) cudaGetLastError();  // nobody to report to; the memory is gone either way
+    }
+  }
+  std::mutex mutex_;
+  std::condition_variable ready_;
+  std::deque<void*> queue_;
+};
+
 class PinnedHostMemoryResource final : public MemoryResource {
  public:
   Device device() const override { return Device{DeviceKind::Cpu, 0}; }
@@ -171,7 +212,8 @@ class PinnedHostMemoryResource final : public MemoryResource {
       pageable = pageable_.erase(ptr) > 0;
     }
     if (stream.device().is_cpu()) {
-      as_cpu_stream(stream).enqueue([ptr, pageable] { pageable ? std::free(ptr) : (void)cudaFreeHost(ptr); });
+      // In the CPU stream's order (after the work that uses the memory), but never on its worker.
+      as_cpu_stream(stream).enqueue([ptr, pageable] { pageable ? std::free(ptr) : PinnedReaper::instance().free(ptr); });
     } else {
       stream.synchronize();  // cudaFreeHost may not run on the driver's callback thread
       if (pageable) std::free(ptr);

@@ -1,8 +1,12 @@
 // CUDA tensor ops against the CPU twins (bit-identical results expected), and
 // transfers in every direction. Each test skips, with the reason, where no
 // usable CUDA device exists.
+#include <atomic>
+#include <chrono>
 #include <cstring>
+#include <future>
 #include <memory>
+#include <thread>
 #include <random>
 #include <vector>
 
@@ -106,6 +110,49 @@ TEST(cuda_copy_bytes_between_cpu_and_gpu_streams) {
   copy_bytes(a.ptr, *gpu(), b.ptr, *side, n * 4);          // GPU -> GPU, across streams
   copy_bytes(b.ptr, *side, back.data(), *cpu(), n * 4);    // GPU -> CPU
   cpu()->synchronize();
+  CHECK(back == host);
+}
+
+// A pinned block freed on a CPU stream, then a CPU -> GPU copy from that stream: the GPU's host
+// function waits for the CPU stream to fill the staging buffer, which is queued after the free.
+// cudaFreeHost waits for the whole device, so run on the CPU stream's worker it would wait for that
+// host function while the host function waits for the worker (the pinned resource now frees on a
+// thread of its own). A deadlock fails the test after 30 s, leaking the streams it is stuck on.
+TEST(cuda_copy_to_gpu_after_a_pinned_free_on_the_source_stream) {
+  require_cuda();
+  auto source = create_stream(Device{DeviceKind::Cpu, 0});
+  auto target = create_stream(Device{DeviceKind::Cuda, 0});
+  MemoryResourcePtr pinned = make_pinned_host_resource();
+  const size_t n = 1 << 20;
+  std::vector<unsigned char> host(n, 0x5a), back(n, 0);
+  DeviceBuffer dst(n, target);
+  auto gate = std::make_shared<std::atomic<bool>>(false);
+  source->enqueue_host([gate] {
+    while (!gate->load()) std::this_thread::yield();
+  });
+  void* block = pinned->allocate(n, *source);
+  pinned->deallocate(block, n, *source);               // queued behind the gate
+  copy_bytes(host.data(), *source, dst.ptr, *target, n);  // its GPU half waits for the source stream
+  gate->store(true);
+  auto finished = std::make_shared<std::promise<void>>();
+  std::future<void> done = finished->get_future();
+  std::thread([source, target, finished] {
+    try {
+      target->synchronize();
+      source->synchronize();
+      finished->set_value();
+    } catch (...) {
+      finished->set_exception(std::current_exception());
+    }
+  }).detach();
+  if (done.wait_for(std::chrono::seconds(30)) != std::future_status::ready) {
+    new std::shared_ptr<Stream>(source);  // stuck: never destroyed (destroying a stream drains it)
+    new std::shared_ptr<Stream>(target);
+  }
+  CHECK(done.wait_for(std::chrono::seconds(0)) == std::future_status::ready,
+        "the copy did not finish in 30 s: the pinned free on the CPU stream deadlocked with the GPU");
+  done.get();
+  dst.read(back.data(), n);
   CHECK(back == host);
 }
 
