@@ -241,7 +241,7 @@ function deviceBytes(deviceMemory: PlanOptions['deviceMemory']): { totalBytes: n
     // What this process's default pool holds but does not use (a disposed engine's KV cache, say)
     // is as free to the plan as the driver's: the pool hands it out before asking for more.
     freeBytes += memoryReport(device as DeviceSpec).pool?.free ?? 0;
-    return { totalBytes, freeBytes: Math.min(totalBytes, freeBytes) };
+    return { totalBytes, freeBytes };  // planMemory caps it at the total
   }
   if (deviceMemory === null || typeof deviceMemory !== 'object') fail('deviceMemory must be { totalBytes, freeBytes? } or a device name');
   const totalBytes = positiveInteger(deviceMemory.totalBytes, 'deviceMemory.totalBytes');

@@ -1,10 +1,10 @@
 // paged_attention_decode_cuda against the float64 reference of attention_case.h: a grid of head
 // sizes × block sizes × query dtypes × cache dtypes (each one mixed decode batch, GQA ratio and
 // sliding window varying), then split-K (a long sequence, partition boundaries, forced partition
-// counts), a batch of many
-// short sequences, group sizes that need several CTAs per KV head, alibi + softcap, cu_seqlens_q
-// with empty sequences, a padded query stride, seq_len 0 and block ids outside the cache. The
-// cases' unused cache slots and table entries hold NaN, so a read past a sequence shows.
+// counts), a batch of many short sequences, group sizes that need several CTAs per KV head, alibi +
+// softcap, cu_seqlens_q with empty sequences, a padded query stride, seq_len 0 and block ids
+// outside the cache. The cases' unused cache slots and table entries hold NaN, so a read past a
+// sequence shows.
 // Each test skips, with the reason, where no usable CUDA device exists.
 #include <algorithm>
 #include <cstring>
