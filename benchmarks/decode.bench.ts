@@ -16,7 +16,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { monitorEventLoopDelay } from 'node:perf_hooks';
 
-import { devices, Engine, makeTestModel, memoryReport, type DeviceSpec, type EngineStep } from '../dist';
+import { devices, Engine, makeTestModel, memoryReport, parseDevice, type DeviceSpec, type EngineStep } from '../dist';
 import { arg, gitCommit, readBandwidth } from './common';
 
 async function main(): Promise<void> {
@@ -39,7 +39,8 @@ async function main(): Promise<void> {
   // driver allocation in steady-state decode".
   const memoryAt = (): { ledgerReservedBytes: number; deviceUsedBytes: number | null; upstreamAllocations: number } => {
     const r = memoryReport(device as DeviceSpec);
-    const gpu = device.startsWith('cuda') ? devices().cuda.devices[Number(device.split(':')[1] ?? 0)] : undefined;
+    const { kind, index } = parseDevice(device);
+    const gpu = kind === 0 ? undefined : devices().cuda.devices[index];
     return { ledgerReservedBytes: r.pool?.reserved ?? 0, deviceUsedBytes: gpu ? gpu.totalMemory - gpu.freeMemory : null, upstreamAllocations: r.counts.upstreamAllocations };
   };
   const rows = [];
