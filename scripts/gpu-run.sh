@@ -6,7 +6,7 @@
 # BUDGET seconds; logs and JSON go to $OUT/results.tar.gz (or ./gpu-results/), and a summary
 # ends the output.
 #
-#   BUDGET=420 STEPS=bench,allocators,e2e,tests,sanitize,hf LAYERS=8 bash scripts/gpu-run.sh
+#   BUDGET=420 STEPS=bench,profile,allocators,e2e,tests,sanitize,hf LAYERS=8 bash scripts/gpu-run.sh
 #
 # e2e: a Llama-2-7B-shaped model (LAYERS of its 32 layers; fp16 and random AWQ int4) through
 # bench:decode at batch 1 and 64 with 512-token prompts, and Transformers' generate() on the
@@ -14,7 +14,7 @@
 set -u
 cd "$(dirname "$0")/.."
 BUDGET=${BUDGET:-420}
-STEPS=",${STEPS:-bench,allocators,e2e,tests,sanitize,hf},"
+STEPS=",${STEPS:-bench,profile,allocators,e2e,tests,sanitize,hf},"
 LAYERS=${LAYERS:-8}
 R=/tmp/gpu-results
 DEST=${OUT:-$PWD/gpu-results}
@@ -58,6 +58,17 @@ if want bench; then
   done
   TAILN=14 step bench-linear 60 build/pagedllm_bench_linear --device cuda
   TAILN=14 step bench-awq 90 node build-bench/awq-gemm.bench.js --device cuda --shapes 4096x4096,4096x11008,11008x4096 --m 1,4,8,16,32,64,128,256 --out $R/awq-gemm.json
+fi
+# Hardware counters (Nsight Compute, clocks left alone) for one launch of the kernels furthest
+# from their targets: where the time goes, not how long it takes.
+if want profile && command -v ncu >/dev/null; then
+  NCU="ncu --clock-control none --section SpeedOfLight --section Occupancy --section LaunchStats --section WarpStateStats --section MemoryWorkloadAnalysis --section SchedulerStats -s 1 -c 1"
+  for c in decode_mha_b64_l1024 decode_gqa8_b64_l4096 decode_mha_b1_l16384; do
+    TAILN=0 step ncu-$c 40 $NCU -k regex:paged_attention_decode_kernel build/pagedllm_bench_attention --device cuda --reps 2 --case $c
+  done
+  TAILN=0 step ncu-awq-gemv 40 $NCU -k regex:awq_gemv_kernel build/pagedllm_bench_linear --device cuda --reps 2 --only awq --awq-m 1 --k 4096 --n 11008
+  TAILN=0 step ncu-gemv 40 $NCU -k regex:gemv_kernel build/pagedllm_bench_linear --device cuda --reps 2 --only dense --k 4096 --n 11008
+  grep -hE '^  [a-z_]+.*\(|Duration|Memory Throughput|DRAM Throughput|Achieved Occupancy|Registers Per|Theoretical Occupancy|No Eligible|Issued Warp' $R/ncu-*.log | head -80
 fi
 want allocators && TAILN=20 step allocators 60 node build-bench/allocators.bench.js
 if want e2e; then
