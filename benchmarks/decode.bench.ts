@@ -1,9 +1,10 @@
 /**
  * End-to-end speed of the Engine (issue: models and the generate loop): prefill tokens/s and
  * decode tokens/s at batch 1, 8 and 64 for a model folder on a device, each beside its
- * weight-bytes roofline fraction: a step reads every weight the forward pass uses once (the
- * embedding table only gathers rows), so at batch B the bound is B × bandwidth / weightBytes
- * tokens/s; the bandwidth is measured in the same run (the native attention benchmark's read
+ * roofline fraction: a step reads every weight the forward pass uses once (the embedding table
+ * only gathers rows) and each sequence's K and V (mean context: prompt + gen / 2), so at batch B
+ * the bound is B × bandwidth / (weightBytes + B × context × KV bytes per token) tokens/s; the
+ * bandwidth is measured in the same run (the native attention benchmark's read
  * probe: CPU threads reading 1 GiB, or a CUDA device copy). Decode time counts only steps that
  * decode (no prefill in them). Also the event loop's delay (p99) while decoding.
  *
@@ -46,9 +47,16 @@ async function main(): Promise<void> {
   const rows = [];
   for (const B of batches) {
     const steps: EngineStep[] = [];
+    // The pool's upstream (driver) allocation count after each step that decodes all B sequences:
+    // the steady state that "no driver allocation" is about (prefill chunks before it may grow the pool).
+    const upstreamAfterDecodeStep: number[] = [];
     const engine = await Engine.create({
       model: dir, device: device as never, logger: null, maxNumSeqs: B, maxModelLen: promptLen + genLen + 16,
-      maxNumBatchedTokens: Math.max(B, Math.min(B * promptLen, 8192)), prefixCaching: false, onStep: (s) => steps.push(s),
+      maxNumBatchedTokens: Math.max(B, Math.min(B * promptLen, 8192)), prefixCaching: false,
+      onStep: (s) => {
+        steps.push(s);
+        if (s.prefillTokens === 0 && s.decodeTokens === B) upstreamAfterDecodeStep.push(memoryReport(device as DeviceSpec).counts.upstreamAllocations);
+      },
     });
     try {
       const created = memoryAt();
@@ -70,6 +78,7 @@ async function main(): Promise<void> {
       // Decode: B sequences of genLen tokens; only the steps that decode all B count.
       const beforeDecode = memoryAt();
       steps.length = 0;
+      upstreamAfterDecodeStep.length = 0;
       const lag = monitorEventLoopDelay({ resolution: 1 });
       lag.enable();
       t = performance.now();
@@ -79,19 +88,27 @@ async function main(): Promise<void> {
       const decodeSteps = steps.filter((s) => s.prefillTokens === 0 && s.decodeTokens === B);
       const decodeMs = decodeSteps.reduce((a, s) => a + s.durationMs, 0);
       const decodeTps = (decodeSteps.length * B * 1000) / decodeMs;
-      const roofline = (B * bw.bytesPerSecond) / readBytes;
+      // Roofline: a decode step reads the weights once and every sequence's K and V for each layer
+      // (context = prompt + tokens so far; the mean over the measured steps).
+      const kvPerToken = engine.plan.kvBytesPerToken;
+      const meanContext = promptLen + genLen / 2;
+      const kvBytesPerStep = B * meanContext * kvPerToken;
+      const roofline = (B * bw.bytesPerSecond) / (readBytes + kvBytesPerStep);
       rows.push({
         batch: B, promptTokens: promptLen, generatedTokens: genLen,
         prefillTokensPerSecond: Number(prefillTps.toFixed(1)), prefillRooflineFraction: Number((prefillTps / ((Math.min(B * promptLen, engine.maxNumBatchedTokens) * bw.bytesPerSecond) / readBytes)).toFixed(3)),
         decodeTokensPerSecond: Number(decodeTps.toFixed(1)), decodeRooflineTokensPerSecond: Number(roofline.toFixed(1)), decodeRooflineFraction: Number((decodeTps / roofline).toFixed(3)),
         decodeStepMs: Number((decodeMs / decodeSteps.length).toFixed(2)), decodeSteps: decodeSteps.length,
-        eventLoopDelayP99Ms: Number((lag.percentile(99) / 1e6).toFixed(2)), weightBytesPerStep: Math.round(readBytes),
+        eventLoopDelayP99Ms: Number((lag.percentile(99) / 1e6).toFixed(2)), weightBytesPerStep: Math.round(readBytes), kvBytesPerStep: Math.round(kvBytesPerStep),
         memory: {
           plan: { policy: engine.plan.policy, numBlocks: engine.plan.numBlocks, kvCacheBytes: engine.plan.kvCacheBytes, totalBytes: engine.plan.totalBytes, freeBytes: engine.plan.freeBytes },
           afterCreate: created, afterDecode: decoded,
           // Ledger over the device's own figure (the CUDA context, outside any allocator, is the rest).
           ledgerOverDeviceUsed: decoded.deviceUsedBytes ? Number((decoded.ledgerReservedBytes / decoded.deviceUsedBytes).toFixed(4)) : null,
+          // Over the whole timed phase (its B prompts' prefill chunks included), and between the first
+          // and the last step that decoded all B sequences.
           upstreamAllocationsWhileDecoding: decoded.upstreamAllocations - beforeDecode.upstreamAllocations,
+          upstreamAllocationsInSteadyDecode: upstreamAfterDecodeStep.length ? upstreamAfterDecodeStep[upstreamAfterDecodeStep.length - 1]! - upstreamAfterDecodeStep[0]! : null,
         },
       });
       console.log(JSON.stringify(rows[rows.length - 1]));  // each batch as it finishes: a later failure keeps it
