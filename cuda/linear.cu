@@ -1,7 +1,8 @@
 // linear_cuda: out = x · weightᵀ (+ bias). Semantics: include/pagedllm/model_ops.h;
 // CPU twin and argument checks: cpu/linear.cpp. No cuBLAS: three kernels.
 //
-// - GEMV (M ≤ 8, decode): one warp per weight row, lanes over K with 16-byte
+// - GEMV (M ≤ 8, decode): one, two or four warps per weight row (more when the
+//   rows are too few to fill the GPU), lanes over K with 16-byte
 //   loads (8 elements of a 16-bit weight), marked evict-first since each is
 //   read once, unrolled 4 deep so enough bytes are in flight; every loaded
 //   weight vector is dotted with all M activation rows (L1-resident), so the
@@ -10,13 +11,17 @@
 // - Tensor cores (M > 8, x and weight the same 16-bit dtype, sm_80+): a CTA
 //   of 8 warps (2 × 4) computes a (32·MT) × (32·NT) tile of out with
 //   mma.sync.m16n8k16 (f32 accumulate). K advances in steps of 32 through a
-//   two-stage cp.async pipeline into padded shared memory (80-byte rows:
+//   3- or 4-stage cp.async ring into padded shared memory (80-byte rows:
 //   conflict-free ldmatrix); weight rows are the N dimension of the B operand
 //   (mma .col), so a plain ldmatrix gives its fragments with no transpose.
 //   Ragged M / N / K: out-of-range 16-byte chunks are zero-filled by cp.async
 //   (K % 8 == 0 and aligned pointers), or loaded element by element with
 //   guards otherwise. The tile size is the largest of 128×128, 64×128, 64×64
-//   that still gives every SM a CTA.
+//   that still gives every SM a CTA; when even 64×64 tiles leave SMs idle (small
+//   M: decode batches of 9+, short prompt chunks), K is split over CTAs too and
+//   the float32 partials are summed in order by a second kernel. (H200, before
+//   split-K and the deeper ring: M = 64, 4096 × 4096 took 97 µs, 10 % of copy
+//   bandwidth — 64 CTAs with 8 KiB each in flight.)
 // - SIMT (float32 anywhere, mixed dtypes, sm_75): 64 × 64 tiles, K steps of
 //   16 through shared memory in float32, 4 × 4 outputs per thread.
 #include <cuda_fp16.h>
@@ -24,10 +29,14 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <mutex>
+#include <set>
 #include <type_traits>
+#include <utility>
 
 #include "cuda_stream.h"
 #include "pagedllm/convert.h"
+#include "pagedllm/memory_resource.h"
 #include "pagedllm/model_ops.h"
 
 namespace pagedllm {
@@ -138,39 +147,43 @@ __device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4],
 
 constexpr int kGemvWarps = 8;  // weight rows per 256-thread CTA
 
-// One warp per weight row n; acc[m] = Σ_k x[m, k] · w[n, k] for every m < M ≤ 8.
-// VEC: K % 8 == 0, x stride % 8 == 0 and 16-byte aligned x and weight (16-byte loads).
-template <typename W, typename X, bool VEC>
+// WPR warps per weight row n (kGemvWarps / WPR rows per CTA); acc[m] = Σ_k x[m, k] · w[n, k] for
+// every m < M ≤ 8, the WPR warps of a row taking interleaved 256-element runs of K and summing
+// through shared memory. VEC: K % 8 == 0, x stride % 8 == 0 and 16-byte aligned x and weight.
+template <typename W, typename X, bool VEC, int WPR>
 __global__ void __launch_bounds__(256) gemv_kernel(LinearArgs a) {
-  const int lane = threadIdx.x & 31;
-  const int64_t n = static_cast<int64_t>(blockIdx.x) * kGemvWarps + (threadIdx.x >> 5);
-  if (n >= a.out_features) return;
+  __shared__ float partial_s[kGemvWarps][8];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, part = warp % WPR;
+  const int64_t n = static_cast<int64_t>(blockIdx.x) * (kGemvWarps / WPR) + warp / WPR;
+  const bool row_valid = n < a.out_features;  // no early return: the WPR > 1 sum has a barrier
   const int M = static_cast<int>(a.num_tokens);
   const int64_t K = a.in_features, xs = a.x_stride;
-  const W* w = static_cast<const W*>(a.weight) + n * K;
+  const W* w = static_cast<const W*>(a.weight) + (row_valid ? n : 0) * K;
   const X* x = static_cast<const X*>(a.x);
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
-  if constexpr (VEC) {
+  if (row_valid) {
+    if constexpr (VEC) {
 #pragma unroll 4
-    for (int64_t k = lane * 8; k < K; k += 32 * 8) {
-      float wv[8];
-      load8<true>(w + k, wv);
+      for (int64_t k = (part * 32 + lane) * 8; k < K; k += WPR * 32 * 8) {
+        float wv[8];
+        load8<true>(w + k, wv);
 #pragma unroll
-      for (int m = 0; m < 8; ++m) {
-        if (m >= M) break;
-        float xv[8];
-        load8<false>(x + m * xs + k, xv);
+        for (int m = 0; m < 8; ++m) {
+          if (m >= M) break;
+          float xv[8];
+          load8<false>(x + m * xs + k, xv);
 #pragma unroll
-        for (int e = 0; e < 8; ++e) acc[m] = fmaf(wv[e], xv[e], acc[m]);
+          for (int e = 0; e < 8; ++e) acc[m] = fmaf(wv[e], xv[e], acc[m]);
+        }
       }
-    }
-  } else {
-    for (int64_t k = lane; k < K; k += 32) {
-      const float wv = to_f(w[k]);
+    } else {
+      for (int64_t k = part * 32 + lane; k < K; k += WPR * 32) {
+        const float wv = to_f(w[k]);
 #pragma unroll
-      for (int m = 0; m < 8; ++m) {
-        if (m >= M) break;
-        acc[m] = fmaf(wv, to_f(x[m * xs + k]), acc[m]);
+        for (int m = 0; m < 8; ++m) {
+          if (m >= M) break;
+          acc[m] = fmaf(wv, to_f(x[m * xs + k]), acc[m]);
+        }
       }
     }
   }
@@ -179,7 +192,26 @@ __global__ void __launch_bounds__(256) gemv_kernel(LinearArgs a) {
     if (m >= M) break;
     float v = acc[m];
     for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    if (lane == m) store_out(a, m, n, v);
+    acc[m] = v;
+  }
+  if constexpr (WPR > 1) {
+#pragma unroll
+    for (int m = 0; m < 8; ++m)
+      if (lane == m) partial_s[warp][m] = acc[m];  // every lane holds the warp's sums (xor butterfly)
+    __syncthreads();
+    if (part != 0) return;
+    if (lane < M) {
+      float v = 0.0f;
+#pragma unroll
+      for (int p = 0; p < WPR; ++p) v += partial_s[warp + p][lane];  // parts in order: deterministic
+      if (row_valid) store_out(a, lane, n, v);
+    }
+  } else {
+#pragma unroll
+    for (int m = 0; m < 8; ++m) {
+      if (m >= M) break;
+      if (lane == m && row_valid) store_out(a, m, n, acc[m]);
+    }
   }
 }
 
@@ -229,22 +261,36 @@ __global__ void __launch_bounds__(256) gemm_simt_kernel(LinearArgs a) {
 
 // Tensor-core tiles. T: half_t or bfloat16_t (x and weight). Warp (wm, wn) of the 2 × 4 grid owns
 // rows wm·16·MT … +16·MT and columns wn·8·NT … +8·NT of the CTA tile. ALIGNED: K % 8 == 0,
-// x stride % 8 == 0 and 16-byte aligned x and weight (cp.async of whole 16-byte chunks).
-template <typename T, int MT, int NT, bool ALIGNED>
-__global__ void __launch_bounds__(256) gemm_tensor_core_kernel(LinearArgs a) {
+// x stride % 8 == 0 and 16-byte aligned x and weight (cp.async of whole 16-byte chunks; else
+// element loads, and STAGES is 2). STAGES: the shared-memory ring (dynamic, tensor_core_smem bytes).
+// Split-K: CTA z covers K columns [z·k_split, (z + 1)·k_split) (k_split a multiple of 32) and,
+// when `partial` is set, writes its float32 sums to partial[z][M][N] (no bias) for
+// split_k_sum_kernel; else out (+ bias).
+template <int MT, int NT, int STAGES>
+constexpr int tensor_core_smem() {
+  return STAGES * (32 * MT + 32 * NT) * (32 + 8) * 2;
+}
+
+template <typename T, int MT, int NT, bool ALIGNED, int STAGES>
+__global__ void __launch_bounds__(256) gemm_tensor_core_kernel(LinearArgs a, float* partial, int64_t k_split) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
   static_assert(NT % 2 == 0, "B fragments come two n-tiles per ldmatrix.x4");
+  static_assert(STAGES >= 2 && (ALIGNED || STAGES == 2), "element loads are synchronous: two stages");
   constexpr int BM = 32 * MT, BN = 32 * NT, BK = 32;
   constexpr int LDS = BK + 8;  // elements per shared row: 80 bytes, conflict-free ldmatrix, 16-byte aligned
-  __shared__ __align__(16) uint16_t x_tile[2][BM * LDS];
-  __shared__ __align__(16) uint16_t w_tile[2][BN * LDS];
+  extern __shared__ __align__(16) uint16_t tiles_smem[];
+  auto x_tile = [&](int stage) { return tiles_smem + stage * (BM + BN) * LDS; };
+  auto w_tile = [&](int stage) { return tiles_smem + stage * (BM + BN) * LDS + BM * LDS; };
 
   const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
   const int wm = warp >> 2, wn = warp & 3;
-  const int64_t M = a.num_tokens, N = a.out_features, K = a.in_features, xs = a.x_stride;
+  const int64_t M = a.num_tokens, N = a.out_features, xs = a.x_stride;
+  const int64_t k_begin = static_cast<int64_t>(blockIdx.z) * k_split;
+  const int64_t K = min(a.in_features, k_begin + k_split);  // this CTA's columns end here
   const int64_t m0 = static_cast<int64_t>(blockIdx.y) * BM, n0 = static_cast<int64_t>(blockIdx.x) * BN;
   const uint16_t* x = static_cast<const uint16_t*>(a.x);
   const uint16_t* w = static_cast<const uint16_t*>(a.weight);
+  const int64_t w_stride = a.in_features;
 
   // Rows [0, rows) × K columns [k0, k0 + 32) of src (row r at src + (r0 + r)·stride) into tile.
   auto load_rows = [&](uint16_t* tile, const uint16_t* src, int64_t stride, int64_t r0, int64_t limit, int rows,
@@ -254,7 +300,7 @@ __global__ void __launch_bounds__(256) gemm_tensor_core_kernel(LinearArgs a) {
       const int64_t gr = r0 + r, gk = k0 + kc;
       uint16_t* dst = tile + r * LDS + kc;
       if constexpr (ALIGNED) {
-        const bool valid = gr < limit && gk < K;  // K % 8 == 0: a chunk is wholly inside or outside
+        const bool valid = gr < limit && gk < K;  // K, k_begin % 8 == 0: a chunk is wholly inside or outside
         cp_async16_zfill(dst, valid ? src + gr * stride + gk : src, valid);
       } else {
 #pragma unroll
@@ -263,9 +309,8 @@ __global__ void __launch_bounds__(256) gemm_tensor_core_kernel(LinearArgs a) {
     }
   };
   auto load_stage = [&](int stage, int64_t k0) {
-    load_rows(x_tile[stage], x, xs, m0, M, BM, k0);
-    load_rows(w_tile[stage], w, K, n0, N, BN, k0);
-    if constexpr (ALIGNED) cp_async_commit();
+    load_rows(x_tile(stage), x, xs, m0, M, BM, k0);
+    load_rows(w_tile(stage), w, w_stride, n0, N, BN, k0);
   };
 
   float acc[MT][NT][4];
@@ -276,18 +321,22 @@ __global__ void __launch_bounds__(256) gemm_tensor_core_kernel(LinearArgs a) {
 #pragma unroll
       for (int e = 0; e < 4; ++e) acc[i][j][e] = 0.0f;
 
-  const int64_t k_tiles = (K + BK - 1) / BK;
-  load_stage(0, 0);
+  const int64_t k_tiles = K > k_begin ? (K - k_begin + BK - 1) / BK : 0;
+  // Ring: tiles 0 … STAGES − 2 in flight before the loop; at step kt, tile kt + STAGES − 1 goes
+  // into the slot step kt − 1 read (every warp passed this step's barrier, so it is free). One
+  // commit group per tile (empty past the end) keeps the wait count exact.
+#pragma unroll
+  for (int st = 0; st < STAGES - 1; ++st) {
+    if (st < k_tiles) load_stage(st, k_begin + st * BK);
+    if constexpr (ALIGNED) cp_async_commit();
+  }
   for (int64_t kt = 0; kt < k_tiles; ++kt) {
-    if (kt + 1 < k_tiles) {
-      load_stage((kt + 1) & 1, (kt + 1) * BK);  // the next stage's copy overlaps this stage's math
-      if constexpr (ALIGNED) cp_async_wait<1>();
-    } else {
-      if constexpr (ALIGNED) cp_async_wait<0>();
-    }
-    __syncthreads();
-    const uint16_t* xt = x_tile[kt & 1];
-    const uint16_t* wt = w_tile[kt & 1];
+    if constexpr (ALIGNED) cp_async_wait<STAGES - 2>();
+    __syncthreads();  // tile kt landed for every thread; slot (kt − 1) % STAGES is drained
+    if (kt + STAGES - 1 < k_tiles) load_stage(static_cast<int>((kt + STAGES - 1) % STAGES), k_begin + (kt + STAGES - 1) * BK);
+    if constexpr (ALIGNED) cp_async_commit();
+    const uint16_t* xt = x_tile(static_cast<int>(kt % STAGES));
+    const uint16_t* wt = w_tile(static_cast<int>(kt % STAGES));
 #pragma unroll
     for (int ks = 0; ks < BK / 16; ++ks) {
       uint32_t af[MT][4], bf[NT][2];
@@ -308,22 +357,45 @@ __global__ void __launch_bounds__(256) gemm_tensor_core_kernel(LinearArgs a) {
 #pragma unroll
         for (int j = 0; j < NT; ++j) mma_16816<T>(acc[i][j], af[i], bf[j][0], bf[j][1]);
     }
-    __syncthreads();  // every warp is done with this stage before it is refilled
   }
+  if constexpr (ALIGNED) cp_async_wait<0>();  // only empty groups remain; nothing may be in flight at exit
 
   // C fragment: c0, c1 at (row g, columns 2·tg, 2·tg + 1); c2, c3 at row g + 8.
   const int g = lane >> 2, tg = lane & 3;
+  float* part = partial ? partial + static_cast<int64_t>(blockIdx.z) * M * N : nullptr;
 #pragma unroll
   for (int i = 0; i < MT; ++i)
 #pragma unroll
     for (int j = 0; j < NT; ++j)
 #pragma unroll
-      for (int e = 0; e < 4; ++e) {
+      for (int e = 0; e < 4; e += 2) {
         const int64_t m = m0 + wm * 16 * MT + i * 16 + g + (e >> 1) * 8;
-        const int64_t n = n0 + wn * 8 * NT + j * 8 + tg * 2 + (e & 1);
-        if (m < M && n < N) store_out(a, m, n, acc[i][j][e]);
+        const int64_t n = n0 + wn * 8 * NT + j * 8 + tg * 2;
+        if (m >= M) continue;
+        if (part) {
+          if (n + 1 < N && N % 2 == 0) {
+            *reinterpret_cast<float2*>(part + m * N + n) = make_float2(acc[i][j][e], acc[i][j][e + 1]);
+          } else {
+            if (n < N) part[m * N + n] = acc[i][j][e];
+            if (n + 1 < N) part[m * N + n + 1] = acc[i][j][e + 1];
+          }
+        } else {
+          if (n < N) store_out(a, m, n, acc[i][j][e]);
+          if (n + 1 < N) store_out(a, m, n + 1, acc[i][j][e + 1]);
+        }
       }
 #endif
+}
+
+// out[m, n] = Σ_z partial[z][m][n] (+ bias[n]), in z order (deterministic).
+__global__ void __launch_bounds__(256) split_k_sum_kernel(LinearArgs a, const float* __restrict__ partial, int splits) {
+  const int64_t M = a.num_tokens, N = a.out_features;
+  for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < M * N;
+       i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
+    float v = 0.0f;
+    for (int z = 0; z < splits; ++z) v += partial[z * M * N + i];
+    store_out(a, i / N, i % N, v);
+  }
 }
 
 // ---- launchers ---------------------------------------------------------------------------------
@@ -337,7 +409,7 @@ bool tensor_cores_usable(int device) {
     if (known) return known == 2;
   }
   cudaFuncAttributes attr{};
-  PAGEDLLM_CUDA_CHECK(cudaFuncGetAttributes(&attr, gemm_tensor_core_kernel<half_t, 2, 2, true>));
+  PAGEDLLM_CUDA_CHECK(cudaFuncGetAttributes(&attr, gemm_tensor_core_kernel<half_t, 2, 2, true, 3>));
   const bool usable = attr.ptxVersion >= 80 && attr.binaryVersion >= 80;
   if (device >= 0 && device < 64) cached[device].store(usable ? 2 : 1, std::memory_order_relaxed);
   return usable;
@@ -355,11 +427,29 @@ int multiprocessors(int device) {
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
+template <typename W, typename X, int WPR>
+void launch_gemv_wpr(const LinearArgs& a, bool vec, cudaStream_t s) {
+  const unsigned grid = static_cast<unsigned>((a.out_features * WPR + kGemvWarps - 1) / kGemvWarps);
+  if (vec) gemv_kernel<W, X, true, WPR><<<grid, 32 * kGemvWarps, 0, s>>>(a);
+  else gemv_kernel<W, X, false, WPR><<<grid, 32 * kGemvWarps, 0, s>>>(a);
+}
+
+// Warps per weight row: the most of 1, 2, 4 that keeps the grid within one wave of 64 warps per SM
+// and every warp ≥ 4 runs of 256 elements. (H200, one warp per row: a 4096-row float16 weight
+// streamed at 47 % of copy bandwidth with 4096 warps in flight on 132 SMs, an 11008-row one at 70 %.)
+int gemv_warps_per_row(const LinearArgs& a, int sms) {
+  int wpr = 1;
+  while (wpr < 4 && a.out_features * wpr * 2 <= static_cast<int64_t>(sms) * 64 && a.in_features / (wpr * 2 * 256) >= 4) wpr *= 2;
+  return wpr;
+}
+
 template <typename W, typename X>
-void launch_gemv(const LinearArgs& a, bool vec, cudaStream_t s) {
-  const unsigned grid = static_cast<unsigned>((a.out_features + kGemvWarps - 1) / kGemvWarps);
-  if (vec) gemv_kernel<W, X, true><<<grid, 32 * kGemvWarps, 0, s>>>(a);
-  else gemv_kernel<W, X, false><<<grid, 32 * kGemvWarps, 0, s>>>(a);
+void launch_gemv(const LinearArgs& a, bool vec, int sms, cudaStream_t s) {
+  switch (gemv_warps_per_row(a, sms)) {
+    case 4: return launch_gemv_wpr<W, X, 4>(a, vec, s);
+    case 2: return launch_gemv_wpr<W, X, 2>(a, vec, s);
+    default: return launch_gemv_wpr<W, X, 1>(a, vec, s);
+  }
 }
 
 template <typename X>
@@ -372,20 +462,85 @@ void launch_simt(const LinearArgs& a, cudaStream_t s) {
   }
 }
 
+int smem_per_multiprocessor(int device) {
+  static std::atomic<int> cached[64];
+  if (device >= 0 && device < 64 && cached[device].load(std::memory_order_relaxed))
+    return cached[device].load(std::memory_order_relaxed);
+  int bytes = 0;
+  PAGEDLLM_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
+  if (device >= 0 && device < 64) cached[device].store(bytes, std::memory_order_relaxed);
+  return bytes;
+}
+
+// Raises `kernel`'s dynamic shared-memory limit to `bytes`, once per (kernel, device).
+void allow_smem(const void* kernel, int device, int bytes) {
+  static std::mutex mutex;
+  static std::set<std::pair<const void*, int>> done;
+  std::lock_guard<std::mutex> lock(mutex);
+  if (!done.insert({kernel, device}).second) return;
+  PAGEDLLM_CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+}
+
+template <typename T, int MT, int NT, bool ALIGNED, int STAGES>
+void launch_tensor_core_kernel(const LinearArgs& a, dim3 grid, float* partial, int64_t k_split, int device, cudaStream_t s) {
+  const auto kernel = gemm_tensor_core_kernel<T, MT, NT, ALIGNED, STAGES>;
+  constexpr int smem = tensor_core_smem<MT, NT, STAGES>();
+  allow_smem(reinterpret_cast<const void*>(kernel), device, smem);
+  kernel<<<grid, 256, smem, s>>>(a, partial, k_split);
+}
+
+// Small M (decode batches, short prompt chunks) leaves most SMs idle at one CTA per output tile,
+// and a memory-bound GEMM needs bytes in flight on every SM: K is split until there are about
+// kSplitKCtasPerSm CTAs per SM (each split ≥ 8 steps of 32), the float32 partial sums go to a
+// stream-ordered workspace, and split_k_sum_kernel adds them in order (deterministic) with the bias.
+constexpr int kSplitKCtasPerSm = 2;
+constexpr int64_t kMaxSplits = 16;
+
 template <typename T, int MT, int NT>
-void launch_tensor_core_tiles(const LinearArgs& a, bool aligned, cudaStream_t s) {
-  const dim3 grid(static_cast<unsigned>((a.out_features + 32 * NT - 1) / (32 * NT)),
-                  static_cast<unsigned>((a.num_tokens + 32 * MT - 1) / (32 * MT)));
-  if (aligned) gemm_tensor_core_kernel<T, MT, NT, true><<<grid, 256, 0, s>>>(a);
-  else gemm_tensor_core_kernel<T, MT, NT, false><<<grid, 256, 0, s>>>(a);
+void launch_tensor_core_tiles(const LinearArgs& a, bool aligned, int sms, Stream& stream) {
+  CudaStream& cuda = as_cuda_stream(stream);
+  const cudaStream_t s = cuda.handle();
+  const int device = cuda.device().index;
+  const int64_t M = a.num_tokens, N = a.out_features, K = a.in_features;
+  const int64_t tiles = ((N + 32 * NT - 1) / (32 * NT)) * ((M + 32 * MT - 1) / (32 * MT));
+  const int64_t k_tiles = (K + 31) / 32;
+  int64_t splits = 1;
+  if (tiles < kSplitKCtasPerSm * sms) {
+    splits = std::min<int64_t>({(kSplitKCtasPerSm * sms + tiles - 1) / tiles, std::max<int64_t>(1, k_tiles / 8), kMaxSplits});
+  }
+  const int64_t k_split = (k_tiles + splits - 1) / splits * 32;
+  splits = (K + k_split - 1) / k_split;
+  const dim3 grid(static_cast<unsigned>((N + 32 * NT - 1) / (32 * NT)), static_cast<unsigned>((M + 32 * MT - 1) / (32 * MT)),
+                  static_cast<unsigned>(splits));
+  auto launch = [&](float* partial) {
+    if (!aligned) return launch_tensor_core_kernel<T, MT, NT, false, 2>(a, grid, partial, k_split, device, s);
+    // Four stages where an SM has the shared memory for two such CTAs (sm_80, sm_90), else three.
+    if (smem_per_multiprocessor(device) >= 2 * tensor_core_smem<MT, NT, 4>() + 2048)
+      return launch_tensor_core_kernel<T, MT, NT, true, 4>(a, grid, partial, k_split, device, s);
+    launch_tensor_core_kernel<T, MT, NT, true, 3>(a, grid, partial, k_split, device, s);
+  };
+  if (splits == 1) return launch(nullptr);
+  const size_t bytes = static_cast<size_t>(splits * M * N) * sizeof(float);
+  MemoryResourcePtr resource = default_memory_resource(stream.device());
+  void* workspace = resource->allocate(bytes, stream, Category::Workspace);
+  try {
+    launch(static_cast<float*>(workspace));
+    PAGEDLLM_CUDA_CHECK(cudaGetLastError());
+    const int64_t blocks = std::min<int64_t>((M * N + 255) / 256, 8LL * sms);
+    split_k_sum_kernel<<<static_cast<unsigned>(blocks), 256, 0, s>>>(a, static_cast<const float*>(workspace), static_cast<int>(splits));
+  } catch (...) {
+    resource->deallocate(workspace, bytes, stream, Category::Workspace);
+    throw;
+  }
+  resource->deallocate(workspace, bytes, stream, Category::Workspace);
 }
 
 template <typename T>
-void launch_tensor_core(const LinearArgs& a, bool aligned, int sms, cudaStream_t s) {
+void launch_tensor_core(const LinearArgs& a, bool aligned, int sms, Stream& stream) {
   auto tiles = [&](int64_t bm, int64_t bn) { return ((a.num_tokens + bm - 1) / bm) * ((a.out_features + bn - 1) / bn); };
-  if (tiles(128, 128) >= sms) launch_tensor_core_tiles<T, 4, 4>(a, aligned, s);
-  else if (tiles(64, 128) >= sms) launch_tensor_core_tiles<T, 2, 4>(a, aligned, s);
-  else launch_tensor_core_tiles<T, 2, 2>(a, aligned, s);
+  if (tiles(128, 128) >= sms) launch_tensor_core_tiles<T, 4, 4>(a, aligned, sms, stream);
+  else if (tiles(64, 128) >= sms) launch_tensor_core_tiles<T, 2, 4>(a, aligned, sms, stream);
+  else launch_tensor_core_tiles<T, 2, 2>(a, aligned, sms, stream);
 }
 
 }  // namespace
@@ -401,13 +556,14 @@ void linear_cuda(const LinearArgs& a, Stream& stream) {
   cudaStream_t s = cuda.handle();
   const int device = cuda.device().index;
   const bool aligned = a.in_features % 8 == 0 && a.x_stride % 8 == 0 && aligned16(a.x) && aligned16(a.weight);
+  const int sms = multiprocessors(device);
   if (a.num_tokens <= 8) {
     auto with_x = [&](auto w_tag) {
       using W = decltype(w_tag);
       switch (a.x_dtype) {
-        case DType::Float16: launch_gemv<W, half_t>(a, aligned, s); break;
-        case DType::BFloat16: launch_gemv<W, bfloat16_t>(a, aligned, s); break;
-        default: launch_gemv<W, float>(a, aligned, s); break;
+        case DType::Float16: launch_gemv<W, half_t>(a, aligned, sms, s); break;
+        case DType::BFloat16: launch_gemv<W, bfloat16_t>(a, aligned, sms, s); break;
+        default: launch_gemv<W, float>(a, aligned, sms, s); break;
       }
     };
     switch (a.weight_dtype) {
@@ -416,9 +572,8 @@ void linear_cuda(const LinearArgs& a, Stream& stream) {
       default: with_x(float{}); break;
     }
   } else if (a.x_dtype == a.weight_dtype && a.x_dtype != DType::Float32 && tensor_cores_usable(device)) {
-    const int sms = multiprocessors(device);
-    if (a.x_dtype == DType::Float16) launch_tensor_core<half_t>(a, aligned, sms, s);
-    else launch_tensor_core<bfloat16_t>(a, aligned, sms, s);
+    if (a.x_dtype == DType::Float16) launch_tensor_core<half_t>(a, aligned, sms, stream);
+    else launch_tensor_core<bfloat16_t>(a, aligned, sms, stream);
   } else {
     switch (a.x_dtype) {
       case DType::Float16: launch_simt<half_t>(a, s); break;

@@ -201,7 +201,10 @@ export function estimateWeightsBytes(config: ModelConfig, weightsDtype: WeightsD
  * - workspace: split-K attention partials (head_dim + max + sum, float32) for
  *   `maxNumSeqs` sequences × heads × ceil(maxModelLen / 512) partitions; for an
  *   AWQ model also the largest linear's weight dequantized to 16 bits, which
- *   the CUDA AWQ linear writes for 16 tokens or more (cuda/awq.cu), one at a time.
+ *   the CUDA AWQ linear writes for 16 tokens or more (cuda/awq.cu), one at a time;
+ *   and the CUDA GEMM's split-K partial sums (cuda/linear.cu: float32, splits ×
+ *   M × N, split only while there are fewer 64 × 64 tiles than two per SM, so
+ *   under 64 KiB per SM: 16.5 MiB for up to 264 SMs; at most 16 splits).
  */
 export function estimateActivationBytes(
   config: ModelConfig,
@@ -214,7 +217,9 @@ export function estimateActivationBytes(
   const attentionBytes = options.maxNumSeqs * d.heads * partitions * (d.headDim + 2) * 4;
   const awq = config.quantization_config?.quant_method === 'awq';
   const dequantBytes = awq ? 2 * d.hidden * Math.max(d.intermediate, d.heads * d.headDim, d.kvHeads * d.headDim) : 0;
-  return { activationBytes, workspaceBytes: attentionBytes + dequantBytes };
+  const widest = Math.max(d.intermediate, d.heads * d.headDim, d.hidden, d.vocab);
+  const gemmSplitBytes = Math.min(16 * options.maxNumBatchedTokens * widest * 4, 264 * 64 * 1024);
+  return { activationBytes, workspaceBytes: attentionBytes + dequantBytes + gemmSplitBytes };
 }
 
 /** KV bytes per token: 2 · layers · kvHeads · headDim · bytes, plus a float32 scale per (token, head) of K and V for int8/fp8. */

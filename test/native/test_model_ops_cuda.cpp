@@ -178,10 +178,13 @@ TEST(cuda_linear_tensor_core_paths) {
   require_cuda();
   // x and weight of one 16-bit dtype, M > 8: the tensor-core kernel on sm_80+ (the SIMT one on
   // sm_75). K % 8 == 0 and x rows 8-aligned: cp.async; K or the row stride odd: element loads.
-  // Sizes that give each of the 64×64, 64×128 and 128×128 tiles on an H100 (132 SMs).
+  // Sizes that give each of the 64×64, 64×128 and 128×128 tiles on an H100 (132 SMs), and split K
+  // (fewer tiles than two per SM: 2-16 splits summed by a second kernel), aligned or not, with the
+  // last split shorter (K = 4095, 1000) — e.g. a decode batch of 64 on a 4096 × 4096 weight.
   const std::tuple<int64_t, int64_t, int64_t, bool> shapes[] = {
-      {9, 40, 64, false},    {33, 100, 64, false},  {128, 257, 515, false}, {77, 130, 200, true},
-      {300, 1000, 1024, false}, {1024, 2048, 128, false}, {2048, 2304, 128, false}, {4096, 2048, 64, true}};
+      {9, 40, 64, false},       {33, 100, 64, false},     {128, 257, 515, false},   {77, 130, 200, true},
+      {300, 1000, 1024, false}, {1024, 2048, 128, false}, {2048, 2304, 128, false}, {4096, 2048, 64, true},
+      {64, 4096, 4096, false},  {16, 1000, 4095, false},  {24, 520, 1000, true},    {200, 700, 2048, false}};
   uint32_t seed = 900;
   for (DType t : {DType::Float16, DType::BFloat16})
     for (const auto& [M, N, K, strided] : shapes)
@@ -190,11 +193,14 @@ TEST(cuda_linear_tensor_core_paths) {
 
 TEST(cuda_linear_decode_shapes) {
   require_cuda();
-  // The GEMV kernel: 16-byte loads (K % 8 == 0), and the scalar fallback (K odd).
+  // The GEMV kernel: 16-byte loads (K % 8 == 0), and the scalar fallback (K odd); 1000 rows of
+  // 4096 take four warps per row on an H100/H200, 3000 rows two (cuda_linear_grid's K < 2048: one).
   for (DType w : kFloats)
     for (int64_t M : {1, 2, 5, 8})
-      for (int64_t K : {4096, 4095}) {
-        const test::LinearCase c(DType::Float16, w, DType::Float16, M == 5, M, 1000, K, false, static_cast<uint32_t>(M * K));
-        run_linear_case(c);
-      }
+      for (int64_t K : {4096, 4095})
+        for (int64_t N : {1000, 3000}) {
+          if (N == 3000 && M != 1 && M != 5) continue;
+          const test::LinearCase c(DType::Float16, w, DType::Float16, M == 5, M, N, K, false, static_cast<uint32_t>(M * K + N));
+          run_linear_case(c);
+        }
 }
