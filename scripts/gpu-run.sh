@@ -6,15 +6,16 @@
 # BUDGET seconds; logs and JSON go to $OUT/results.tar.gz (or ./gpu-results/), and a summary
 # ends the output.
 #
-#   BUDGET=420 STEPS=bench,profile,allocators,e2e,tests,sanitize,hf LAYERS=8 bash scripts/gpu-run.sh
+#   BUDGET=420 STEPS=bench,profile,allocators,e2e,hfgen,tests,sanitize,hf LAYERS=8 bash scripts/gpu-run.sh
 #
 # e2e: a Llama-2-7B-shaped model (LAYERS of its 32 layers; fp16 and random AWQ int4) through
-# bench:decode at batch 1 and 64 with 512-token prompts, and Transformers' generate() on the
+# bench:decode at batch 1 and 64 with 512-token prompts; hfgen: Transformers' generate() on the
 # same fp16 folder, in the same call.
 set -u
 cd "$(dirname "$0")/.."
 BUDGET=${BUDGET:-420}
-STEPS=",${STEPS:-bench,profile,allocators,e2e,tests,sanitize,hf},"
+STEPS=",${STEPS:-bench,profile,allocators,e2e,hfgen,tests,sanitize,hf},"
+TESTS=${TESTS:-cuda}  # name filters of the plain test run (every CUDA test by default)
 LAYERS=${LAYERS:-8}
 R=/tmp/gpu-results
 DEST=${OUT:-$PWD/gpu-results}
@@ -76,15 +77,15 @@ if want e2e; then
   for m in m7b m7b-awq; do
     TAILN=14 step decode-$m 90 node build-bench/decode.bench.js --model /tmp/$m --device cuda --batches 1,64 --prompt 512 --gen 64 --out $R/decode-$m.json
   done
-  TAILN=4 step hf-generate 90 python3 benchmarks/hf_generate_bench.py --model /tmp/m7b --batches 1,64 --prompt 512 --gen 64
 fi
+want hfgen && [ -d /tmp/m7b ] && TAILN=4 step hf-generate 90 python3 benchmarks/hf_generate_bench.py --model /tmp/m7b --batches 1,64 --prompt 512 --gen 64
 
 # ---- correctness, side by side ----
-t=$(( $(left) - 45 ))
+t=$(( $(left) - 15 ))
 PIDS=()
 bg() { local name=$1; shift; (timeout -k 5 $t "$@" >$R/$name.log 2>&1; echo "rc=$?" >>$R/$name.log) & PIDS+=($!); }
 if [ $t -gt 20 ]; then
-  want tests && bg tests-cuda build/pagedllm_tests cuda
+  want tests && bg tests-cuda build/pagedllm_tests $TESTS
   if want sanitize && command -v compute-sanitizer >/dev/null; then
     D="cuda_attention_decode"
     A="cuda_attention_prefill cuda_awq"
