@@ -291,6 +291,31 @@ TEST(memory_pool_steady_state_makes_no_upstream_allocations) {
   CHECK(after.pool_reserved == warm.pool_reserved);
 }
 
+TEST(memory_pool_reuses_the_last_large_block_and_coalesces_it_on_a_miss) {
+  auto s = default_stream(Device{DeviceKind::Cpu, 0});
+  constexpr size_t MiB = size_t(1) << 20;
+  MemoryResourcePtr pool = make_pool_resource(make_host_resource(), 16 * MiB, 0);  // one 16 MiB chunk
+  void* a = pool->allocate(4 * MiB, *s);
+  void* b = pool->allocate(4 * MiB, *s);
+  pool->deallocate(a, 4 * MiB, *s);
+  CHECK(pool->allocate(4 * MiB, *s) == a, "a request of the last large block's size takes it back");
+  pool->deallocate(a, 4 * MiB, *s);
+  MemoryReport r;
+  pool->report(r);  // the waiting block counts as free, coalesced: 4 MiB at the start, 8 MiB after b
+  CHECK(r.pool_free == 12 * MiB && r.largest_free_extent == 8 * MiB, "free ", r.pool_free, " largest ", r.largest_free_extent);
+  pool->deallocate(b, 4 * MiB, *s);
+  // A different size folds the waiting block into the extents first: a, b and the rest are one
+  // 16 MiB extent again, so 12 MiB fits with no new chunk.
+  void* c = pool->allocate(12 * MiB, *s);
+  pool->report(r);
+  CHECK(c == a && r.upstream_allocations == 1 && r.pool_reserved == 16 * MiB, "upstream allocations ",
+        r.upstream_allocations, " reserved ", r.pool_reserved);
+  pool->deallocate(c, 12 * MiB, *s);
+  pool->report(r);
+  CHECK(r.largest_free_extent == 16 * MiB && r.pool_in_use == 0, "largest ", r.largest_free_extent);
+  s->synchronize();
+}
+
 TEST(memory_pool_lets_go_of_streams_nobody_else_holds) {
   MemoryResourcePtr pool = make_pool_resource(make_host_resource(), 0, 0);
   std::weak_ptr<Stream> watch;
