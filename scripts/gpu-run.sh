@@ -15,7 +15,7 @@ set -u
 cd "$(dirname "$0")/.."
 BUDGET=${BUDGET:-420}
 STEPS=",${STEPS:-bench,profile,allocators,e2e,hfgen,tests,sanitize,hf},"
-TESTS=${TESTS:-cuda}  # name filters of the plain test run (every CUDA test by default)
+TESTS=${TESTS:-cuda}  # the plain test run's name filters (every CUDA test); ';' splits it into parallel runs
 LAYERS=${LAYERS:-8}
 R=/tmp/gpu-results
 DEST=${OUT:-$PWD/gpu-results}
@@ -85,7 +85,10 @@ t=$(( $(left) - 15 ))
 PIDS=()
 bg() { local name=$1; shift; (timeout -k 5 $t "$@" >$R/$name.log 2>&1; echo "rc=$?" >>$R/$name.log) & PIDS+=($!); }
 if [ $t -gt 20 ]; then
-  want tests && bg tests-cuda build/pagedllm_tests $TESTS
+  if want tests; then
+    IFS=';' read -ra SETS <<<"$TESTS"
+    for i in "${!SETS[@]}"; do bg tests-cuda-$i build/pagedllm_tests ${SETS[$i]}; done
+  fi
   if want sanitize && command -v compute-sanitizer >/dev/null; then
     D="cuda_attention_decode"
     A="cuda_attention_prefill cuda_awq"
@@ -107,7 +110,11 @@ fi
 kill $SMI 2>/dev/null
 
 echo "== summary (t=${SECONDS}s)"
-[ -f $R/tests-cuda.log ] && { grep -E '^FAIL' $R/tests-cuda.log | cut -c1-300; echo "tests-cuda: $(grep -E '^[0-9]+ passed, ' $R/tests-cuda.log | tail -1) | $(tail -1 $R/tests-cuda.log)"; }
+for f in $R/tests-cuda-*.log; do
+  [ -f "$f" ] || continue
+  grep -E '^FAIL' $f | cut -c1-300
+  echo "$(basename $f .log): $(grep -E '^[0-9]+ passed, ' $f | tail -1) | $(tail -1 $f)"
+done
 for f in $R/san-*.log; do
   [ -f "$f" ] || continue
   echo "$(basename $f .log): $(grep -E 'ERROR SUMMARY|RACECHECK SUMMARY' $f | tail -1 | sed 's/=* *//') | $(grep -E '^[0-9]+ passed, ' $f | tail -1) | $(tail -1 $f)"
