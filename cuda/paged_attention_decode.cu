@@ -3,7 +3,16 @@
 // the CPU twin and reference: cpu/paged_attention.cpp; tests:
 // test/native/test_attention_decode_cuda.cpp.
 //
-// Design
+// Two kernels: a tensor-core kernel (paged_attention_decode_tc_kernel: sm_80+, float16 / bfloat16
+// q with a cache of the same dtype, no alibi / softcap; see its section below) and the SIMT kernel
+// described here, which takes everything else (float32, int8 / fp8 caches, mixed dtypes, alibi,
+// softcap, sm_75). PagedAttentionArgs::decode_kernel forces either (tests, benchmarks). Both share
+// the grid, the cp.async tile ring, the block-table staging, split-K and the merge pass.
+// H200, head 128, block 16, fp16 (fraction of copy bandwidth): 64 × 1024 MHA-32 SIMT 617 µs (41%)
+// → tensor cores 282 µs (91%); 64 × 4096 GQA 32/4 945 µs (13%) → 151 µs (85%, 1 partition);
+// 1 × 16384 MHA-32 268 µs (24%) → 89 µs (71%, 8 partitions).
+//
+// Design (SIMT kernel)
 //  - One CTA (128 threads) per (sequence, KV head, partition) computes every
 //    query head of that KV head's GQA group (up to kMaxHeads per CTA: 32 for
 //    head sizes 64..128, 16 for 256; larger groups are split over "head
@@ -46,6 +55,7 @@
 //    Tokens that are masked (outside the window, at or past seq_len) or whose
 //    block id is outside [0, num_blocks) are never read: their K/V rows are
 //    zero-filled by cp.async and their logits are -inf.
+#include <cuda_bf16.h>
 #include <cuda_fp16.h>
 #include <cuda_runtime_api.h>
 
@@ -53,8 +63,11 @@
 #include <climits>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <map>
 #include <mutex>
+#include <string>
+#include <type_traits>
 #include <utility>
 
 #include "cuda_stream.h"
@@ -163,6 +176,7 @@ struct DecodeParams {
   int64_t query_stride;
   void* out;  // [num_tokens, num_heads, head_size] of dtype, contiguous
   DType dtype;
+  bool query_vec;  // tensor-core kernel: q rows can be read as 16-byte vectors (16-byte aligned stride and pointer)
   const void* key_cache;    // [num_blocks, num_kv_heads, block_size, head_size] of the cache dtype
   const void* value_cache;  // [num_blocks, num_kv_heads, block_size, head_size]
   const float* key_scales;    // [num_blocks, num_kv_heads, block_size] (quantized caches)
@@ -598,6 +612,386 @@ __global__ void __launch_bounds__(kThreads, kMinCtasPerSm) paged_attention_decod
   }
 }
 
+// ---- tensor-core kernel (sm_80+, float16 / bfloat16 q with a cache of the same dtype) ---------
+//
+// CTA = (KV head × head chunk, sequence, partition), 4 warps. The CTA's query heads (≤ 16) are the
+// 16 rows of one mma m-tile (rows ≥ its heads are zero q). K/V tiles of kTile tokens stream
+// through the same cp.async ring as the SIMT kernel (pitch D·2 + 16 bytes: conflict-free
+// ldmatrix). Warp w = (token slice ts, dim split ds) owns tokens [16·ts, 16·ts + 16) of every
+// tile: S = Q·Kᵀ (16 × 16, mma.m16n8k16, K rows through plain ldmatrix = the .col B operand),
+// its own online softmax (base 2, rows g and g + 8 of the C fragments, quad shuffles), then
+// O += P·V for dims [ds·kDw, (ds + 1)·kDw) with P taken from the S accumulators as the A operand
+// and V through ldmatrix.trans. The token slices' (m, l, O) are merged by log-sum-exp through
+// shared memory once at the end of the partition. Fragment formulas are those of the prefill
+// tensor-core kernel (cuda/paged_attention_prefill.cu).
+//   Head 64..128: 4 slices × 1 split, kTile 64, O = D/2 f32 registers, Q fragments in registers.
+//   Head 256:     2 slices × 2 splits (both warps of a slice compute the same S), kTile 32,
+//                 O = 64 registers, Q fragments re-read from shared memory per tile.
+// Groups above 16 heads take several head chunks (CTAs next to each other in the grid, so their
+// K/V reads meet in L2). Per warp and 16 tokens (head 128): 16 mma for S, 16 for P·V, 16 ldmatrix,
+// ≈ 60 softmax instructions and 64 rescales of O, against ≈ 4900 warp instructions per 32 tokens
+// of the SIMT kernel. Resources (ptxas sm_90 / sm_80): head 64 104 / 100 registers, 80 118 / 114,
+// 96 131 / 126, 128 156 / 152, 256 128 / 125, no spills; shared memory per CTA (3 stages) head 128
+// 110 KiB → 2 CTAs per SM with 4 tiles (139 KiB) in flight; head 64 3 CTAs. Partition count:
+// choose_partitions_tc.
+constexpr int kTcRows = 16;  // query heads per CTA (one m-tile)
+
+template <int D>
+struct TcConfig {
+  static constexpr int kDimSplits = D > 128 ? 2 : 1;
+  static constexpr int kSlices = (kThreads / 32) / kDimSplits;  // token slices of 16 per tile
+  static constexpr int kTile = 16 * kSlices;                    // tokens per tile
+  static constexpr int kDw = D / kDimSplits;                    // P·V output dims per warp
+  static constexpr int kPitch = D * 2 + 16;                     // bytes per K/V/Q row in shared memory
+  static constexpr int kRedPitch = kDw + 8;                     // floats per row of the merge buffer
+  static constexpr int kMinCtas = D <= 128 ? 3 : 2;  // __launch_bounds__: ≤ 168 / 255 registers
+  static_assert(D % 16 == 0 && kDw % 16 == 0, "whole k16 steps and ldmatrix.x4 column pairs");
+  static_assert((kTile * (D / 8)) % kThreads == 0, "whole 16-byte copies per thread");
+  static_assert(kChunkTokens % kTile == 0 && kPartitionGranule % kTile == 0, "tiles never straddle chunks");
+};
+
+struct TcSmem {
+  int kv;     // [stages][K, V][kTile][kPitch] bytes
+  int q;      // [16][kPitch] bytes: q rows in the 16-bit dtype (rows ≥ the CTA's heads are zero)
+  int table;  // [kTableEntries] int32
+  int stats;  // m, l: [2][4 warps][16] float
+  int wts;    // merge weights [kDimSplits][kSlices][16] float, row max / sum [2][16] float
+  int red;    // [4 warps][16][kRedPitch] float (aliases the drained ring)
+  int total;
+};
+
+template <int D>
+__host__ __device__ inline TcSmem tc_smem(int stages) {
+  using C = TcConfig<D>;
+  TcSmem s{};
+  int at = 0;
+  s.kv = at, at += stages * 2 * C::kTile * C::kPitch;
+  s.q = at, at += kTcRows * C::kPitch;
+  s.table = at, at += round_up4(kTableEntries) * 4;
+  s.stats = at, at += 2 * (kThreads / 32) * kTcRows * 4;
+  s.wts = at, at += (C::kDimSplits * C::kSlices + 2) * kTcRows * 4;
+  s.red = s.kv;
+  static_assert(2 * 2 * C::kTile * C::kPitch >= (kThreads / 32) * kTcRows * C::kRedPitch * 4,
+                "the merge buffer fits in the tile ring");
+  s.total = at;
+  return s;
+}
+
+[[maybe_unused]] __device__ __forceinline__ uint32_t smem_u32(const void* p) {
+  return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_u32(p)));
+}
+
+// c[16×8] += a[16×16] · b[16×8], fp16 or bf16 inputs, f32 accumulators.
+template <typename T>
+__device__ __forceinline__ void mma_16816(float (&c)[4], const uint32_t (&a)[4], uint32_t b0, uint32_t b1) {
+  if constexpr (std::is_same_v<T, __half>) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  } else {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+  }
+}
+
+// Two floats as one 32-bit pair of T (low half first).
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  uint32_t u;
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    memcpy(&u, &h, 4);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    memcpy(&u, &h, 4);
+  }
+  return u;
+}
+#endif
+
+// Grid (num_kv_heads · head_chunks, num_seqs, num_partitions), kThreads threads,
+// tc_smem<D>(stages).total bytes of dynamic shared memory. T: __half or __nv_bfloat16, the dtype of
+// q, out and the cache. heads_per_cta ≤ 16; no alibi, no softcap (the launcher checks).
+template <int D, typename T>
+__global__ void __launch_bounds__(kThreads, TcConfig<D>::kMinCtas) paged_attention_decode_tc_kernel(const DecodeParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
+  using C = TcConfig<D>;
+  constexpr int TT = C::kTile, P = C::kPitch / 2, DS = C::kDimSplits, NS = C::kSlices;
+  constexpr bool kQInRegisters = D <= 128;  // head 256: re-read per tile (registers)
+  constexpr float kLog2e = 1.4426950408889634f, kLn2 = 0.6931471805599453f;
+  constexpr int kChunksPerRow = D / 8, kSteps = D / 16;
+  extern __shared__ __align__(16) unsigned char smem[];
+
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+  const int ts = warp / DS, ds = warp % DS;
+  const int g = lane >> 2, tig = lane & 3;
+  const int s = blockIdx.y, part = blockIdx.z;
+  const int kv_head = blockIdx.x / p.head_chunks;
+  const int h0 = (blockIdx.x % p.head_chunks) * p.heads_per_cta;
+  const int hc = min(p.heads_per_cta, p.group - h0);
+  const SeqSpan span = seq_span(p, s);
+  if (span.row < 0 || hc <= 0) return;
+  const int begin = span.start + part * p.partition_size;
+  if (p.num_partitions > 1 && begin >= span.len) return;  // the merge pass reads only partitions with tokens
+  const int end = min(span.len, begin + p.partition_size);
+  const int head_base = kv_head * p.group + h0;
+
+  const TcSmem layout = tc_smem<D>(p.stages);
+  uint16_t* q_s = reinterpret_cast<uint16_t*>(smem + layout.q);
+  int32_t* table_s = reinterpret_cast<int32_t*>(smem + layout.table);
+  float* m_st = reinterpret_cast<float*>(smem + layout.stats);  // [warp][16]
+  float* l_st = m_st + (kThreads / 32) * kTcRows;
+  float* wt_s = reinterpret_cast<float*>(smem + layout.wts);  // [ds][slice][16]
+  float* row_m = wt_s + DS * NS * kTcRows;                     // [16]: max (base 2) of the CTA's rows
+  float* row_l = row_m + kTcRows;                              // [16]: exp-sum
+  float* red_s = reinterpret_cast<float*>(smem + layout.red);
+
+  // q rows → shared memory (16-bit, unscaled; the scale is applied to the f32 logits).
+  {
+    const uint16_t* query = static_cast<const uint16_t*>(p.query);
+    for (int c = tid; c < kTcRows * kChunksPerRow; c += kThreads) {
+      const int r = c / kChunksPerRow, col = (c - r * kChunksPerRow) * 8;
+      uint4 v = make_uint4(0, 0, 0, 0);
+      if (r < hc) {
+        const uint16_t* src = query + span.row * p.query_stride + static_cast<int64_t>(head_base + r) * D + col;
+        if (p.query_vec) {
+          v = *reinterpret_cast<const uint4*>(src);
+        } else {
+          v.x = src[0] | static_cast<uint32_t>(src[1]) << 16, v.y = src[2] | static_cast<uint32_t>(src[3]) << 16;
+          v.z = src[4] | static_cast<uint32_t>(src[5]) << 16, v.w = src[6] | static_cast<uint32_t>(src[7]) << 16;
+        }
+      }
+      *reinterpret_cast<uint4*>(q_s + r * P + col) = v;
+    }
+  }
+  __syncthreads();
+
+  // A fragments of q: matrices (rows 0–7, k 0–7), (rows 8–15, k 0–7), (rows 0–7, k 8–15), (rows 8–15, k 8–15).
+  const uint16_t* q_lane = q_s + ((lane & 7) + ((lane >> 3) & 1) * 8) * P + (lane >> 4) * 8;
+  uint32_t qf[kQInRegisters ? kSteps : 1][4];
+  if constexpr (kQInRegisters) {
+#pragma unroll
+    for (int ks = 0; ks < kSteps; ++ks) ldmatrix_x4(qf[ks], q_lane + ks * 16);
+  }
+  float o[C::kDw / 8][4];
+#pragma unroll
+  for (int dn = 0; dn < C::kDw / 8; ++dn) o[dn][0] = o[dn][1] = o[dn][2] = o[dn][3] = 0.0f;
+  float m[2] = {-INFINITY, -INFINITY}, l[2] = {0.0f, 0.0f};
+  const float scale2 = p.scale * kLog2e;  // logits in base 2
+
+  const int log2_bs = p.log2_block_size, bs_mask = (1 << log2_bs) - 1;
+  const unsigned char* key_cache = static_cast<const unsigned char*>(p.key_cache);
+  const unsigned char* value_cache = static_cast<const unsigned char*>(p.value_cache);
+  const int t0 = ts * 16;  // this warp's tokens within a tile
+
+  for (int chunk_begin = max(begin, span.lo / TT * TT); chunk_begin < end; chunk_begin += kChunkTokens) {
+    const int chunk_end = min(end, chunk_begin + kChunkTokens);
+    const int block0 = chunk_begin >> log2_bs;
+    const int nblocks = ((chunk_end - 1) >> log2_bs) - block0 + 1;
+    __syncthreads();  // the previous chunk's tiles and table entries are consumed
+    const int32_t* table = p.block_tables + s * p.max_blocks_per_seq + block0;
+    for (int i = tid; i < nblocks; i += kThreads) table_s[i] = table[i];  // entries < ceil(len / block_size) only
+    __syncthreads();
+
+    auto block_of = [&](int j, int tile_end) {
+      if (j >= tile_end || j < span.lo) return -1;
+      const int block = table_s[(j >> log2_bs) - block0];
+      return block >= 0 && block < p.num_blocks ? block : -1;
+    };
+    const int ntiles = (chunk_end - chunk_begin + TT - 1) / TT;
+    auto issue = [&](int tile) {
+      const int stage = tile % p.stages;
+      const int tile_begin = chunk_begin + tile * TT, tile_end = min(chunk_end, tile_begin + TT);
+      unsigned char* k_dst = smem + layout.kv + stage * 2 * TT * C::kPitch;
+      unsigned char* v_dst = k_dst + TT * C::kPitch;
+      constexpr int kCopies = TT * kChunksPerRow / kThreads;
+#pragma unroll
+      for (int i = 0; i < kCopies; ++i) {
+        const int c = tid + i * kThreads;
+        const int t = c / kChunksPerRow, part16 = c - t * kChunksPerRow;
+        const int j = tile_begin + t;
+        const int block = block_of(j, tile_end);
+        const int64_t row = (static_cast<int64_t>(block) * p.num_kv_heads + kv_head) * (bs_mask + 1) + (j & bs_mask);
+        const int64_t at = block >= 0 ? row * (D * 2) + part16 * 16 : 0;  // nothing is read when masked
+        copy16_async(k_dst + t * C::kPitch + part16 * 16, key_cache + at, block >= 0);
+        copy16_async(v_dst + t * C::kPitch + part16 * 16, value_cache + at, block >= 0);
+      }
+    };
+
+    for (int st = 0; st < p.stages - 1; ++st) {
+      if (st < ntiles) issue(st);
+      copy_async_commit();
+    }
+    for (int tile = 0; tile < ntiles; ++tile) {
+      if (p.stages == 3) {
+        copy_async_wait<1>();
+      } else {
+        copy_async_wait<0>();
+      }
+      __syncthreads();  // the tile is in shared memory; every warp is done with the previous tile
+      if (tile + p.stages - 1 < ntiles) issue(tile + p.stages - 1);
+      copy_async_commit();
+
+      const int stage = tile % p.stages;
+      const int tile_begin = chunk_begin + tile * TT, tile_end = min(chunk_end, tile_begin + TT);
+      const uint16_t* k_s = reinterpret_cast<const uint16_t*>(smem + layout.kv + stage * 2 * TT * C::kPitch);
+      const uint16_t* v_s = k_s + TT * P;
+
+      // S = Q·Kᵀ for this warp's 16 tokens: sc[0] tokens 0–7, sc[1] tokens 8–15 (columns 2·tig, 2·tig + 1).
+      float sc[2][4];
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) sc[nt][0] = sc[nt][1] = sc[nt][2] = sc[nt][3] = 0.0f;
+      const uint16_t* k_lane = k_s + (t0 + (lane & 7) + (lane >> 4) * 8) * P + ((lane >> 3) & 1) * 8;
+#pragma unroll
+      for (int ks = 0; ks < kSteps; ++ks) {
+        uint32_t a[4];
+        if constexpr (kQInRegisters) {
+          a[0] = qf[ks][0], a[1] = qf[ks][1], a[2] = qf[ks][2], a[3] = qf[ks][3];
+        } else {
+          ldmatrix_x4(a, q_lane + ks * 16);
+        }
+        uint32_t b[4];  // (tokens 0–7, k 0–7), (tokens 0–7, k 8–15), (tokens 8–15, k 0–7), (tokens 8–15, k 8–15)
+        ldmatrix_x4(b, k_lane + ks * 16);
+        mma_16816<T>(sc[0], a, b[0], b[1]);
+        mma_16816<T>(sc[1], a, b[2], b[3]);
+      }
+
+      // Mask (−inf) tokens outside [lo, tile_end) or in a block outside the cache; scale the rest.
+#pragma unroll
+      for (int nt = 0; nt < 2; ++nt) {
+        const int j = tile_begin + t0 + nt * 8 + tig * 2;  // even: j and j + 1 share a block (size ≥ 8)
+        const bool in0 = j >= span.lo && j < tile_end, in1 = j + 1 >= span.lo && j + 1 < tile_end;
+        bool blk = false;
+        if (in0 || in1) {
+          const int block = table_s[(j >> log2_bs) - block0];
+          blk = block >= 0 && block < p.num_blocks;
+        }
+        const bool v0 = in0 && blk, v1 = in1 && blk;
+        sc[nt][0] = v0 ? sc[nt][0] * scale2 : -INFINITY;
+        sc[nt][2] = v0 ? sc[nt][2] * scale2 : -INFINITY;
+        sc[nt][1] = v1 ? sc[nt][1] * scale2 : -INFINITY;
+        sc[nt][3] = v1 ? sc[nt][3] * scale2 : -INFINITY;
+      }
+
+      // Online softmax of rows g (ri 0) and g + 8 (ri 1); a row's 16 columns live in one lane quad.
+#pragma unroll
+      for (int ri = 0; ri < 2; ++ri) {
+        float mx = fmaxf(fmaxf(sc[0][2 * ri], sc[0][2 * ri + 1]), fmaxf(sc[1][2 * ri], sc[1][2 * ri + 1]));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+        mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+        const float m_new = fmaxf(m[ri], mx);
+        const float m_use = m_new == -INFINITY ? 0.0f : m_new;  // nothing valid yet: keep exp2 finite (0)
+        const float corr = exp2f(m[ri] - m_use);
+        m[ri] = m_new;
+        float sum = 0.0f;
+#pragma unroll
+        for (int nt = 0; nt < 2; ++nt)
+#pragma unroll
+          for (int e = 0; e < 2; ++e) {
+            float& x = sc[nt][2 * ri + e];
+            x = exp2f(x - m_use);
+            sum += x;
+          }
+        l[ri] = l[ri] * corr + sum;  // this lane's columns; the quad is summed at the end
+#pragma unroll
+        for (int dn = 0; dn < C::kDw / 8; ++dn) o[dn][2 * ri] *= corr, o[dn][2 * ri + 1] *= corr;
+      }
+
+      // O += P·V: the two S tiles are the A fragment of one k16 step; V (tokens × dims) is the B
+      // operand through ldmatrix.trans: (tokens 0–7, dims 0–7), (8–15, 0–7), (0–7, 8–15), (8–15, 8–15).
+      const uint32_t a[4] = {pack2<T>(sc[0][0], sc[0][1]), pack2<T>(sc[0][2], sc[0][3]), pack2<T>(sc[1][0], sc[1][1]),
+                             pack2<T>(sc[1][2], sc[1][3])};
+      const uint16_t* v_lane = v_s + (t0 + (lane & 7) + ((lane >> 3) & 1) * 8) * P + ds * C::kDw + (lane >> 4) * 8;
+#pragma unroll
+      for (int dp = 0; dp < C::kDw / 16; ++dp) {
+        uint32_t b[4];
+        ldmatrix_x4_trans(b, v_lane + dp * 16);
+        mma_16816<T>(o[2 * dp], a, b[0], b[1]);
+        mma_16816<T>(o[2 * dp + 1], a, b[2], b[3]);
+      }
+    }
+  }
+
+  // ---- epilogue: merge the token slices by log-sum-exp, normalise, write out (or the partials)
+  copy_async_wait<0>();  // only empty groups can be pending; the ring is reused for red_s
+#pragma unroll
+  for (int ri = 0; ri < 2; ++ri) {
+    l[ri] += __shfl_xor_sync(0xffffffffu, l[ri], 1);
+    l[ri] += __shfl_xor_sync(0xffffffffu, l[ri], 2);
+  }
+  __syncthreads();  // every warp is done with the ring
+  if (tig == 0) {
+    m_st[warp * kTcRows + g] = m[0], m_st[warp * kTcRows + g + 8] = m[1];
+    l_st[warp * kTcRows + g] = l[0], l_st[warp * kTcRows + g + 8] = l[1];
+  }
+#pragma unroll
+  for (int dn = 0; dn < C::kDw / 8; ++dn) {
+    float* r0 = red_s + (warp * kTcRows + g) * C::kRedPitch + dn * 8 + tig * 2;
+    *reinterpret_cast<float2*>(r0) = make_float2(o[dn][0], o[dn][1]);
+    *reinterpret_cast<float2*>(r0 + 8 * C::kRedPitch) = make_float2(o[dn][2], o[dn][3]);
+  }
+  __syncthreads();
+  if (tid < DS * kTcRows) {  // weights of (dim split, row): e^(m_w − M) / L per slice
+    const int r = tid % kTcRows, dsx = tid / kTcRows;
+    float mx = -INFINITY;
+#pragma unroll
+    for (int w = 0; w < NS; ++w) mx = fmaxf(mx, m_st[(w * DS + dsx) * kTcRows + r]);
+    const float m_use = mx == -INFINITY ? 0.0f : mx;
+    float wt[NS], sum = 0.0f;
+#pragma unroll
+    for (int w = 0; w < NS; ++w) {
+      wt[w] = exp2f(m_st[(w * DS + dsx) * kTcRows + r] - m_use);
+      sum += l_st[(w * DS + dsx) * kTcRows + r] * wt[w];
+    }
+    const float inv = sum > 0.0f ? 1.0f / sum : 0.0f;  // no valid token (seq_len 0, all blocks skipped): zeros
+#pragma unroll
+    for (int w = 0; w < NS; ++w) wt_s[(dsx * NS + w) * kTcRows + r] = wt[w] * inv;
+    if (dsx == 0) row_m[r] = mx, row_l[r] = sum;
+  }
+  __syncthreads();
+  for (int i = tid; i < hc * (D / 2); i += kThreads) {
+    const int r = i / (D / 2), d = (i - r * (D / 2)) * 2;
+    const int dsx = d / C::kDw, dl = d - dsx * C::kDw;
+    float2 acc = make_float2(0.0f, 0.0f);
+#pragma unroll
+    for (int w = 0; w < NS; ++w) {
+      const float wt = wt_s[(dsx * NS + w) * kTcRows + r];
+      const float2 x = *reinterpret_cast<const float2*>(red_s + ((w * DS + dsx) * kTcRows + r) * C::kRedPitch + dl);
+      acc.x = fmaf(wt, x.x, acc.x), acc.y = fmaf(wt, x.y, acc.y);
+    }
+    const int h = head_base + r;
+    if (p.num_partitions == 1) {
+      const int64_t at = (static_cast<int64_t>(span.row) * p.num_heads + h) * D + d;
+      *reinterpret_cast<uint32_t*>(static_cast<uint16_t*>(p.out) + at) = pack2<T>(acc.x, acc.y);
+    } else {
+      const int64_t w = (static_cast<int64_t>(s) * p.num_heads + h) * p.num_partitions + part;
+      *reinterpret_cast<float2*>(p.partial_out + w * D + d) = acc;
+      if (d == 0) p.max_logits[w] = row_m[r] * kLn2, p.exp_sums[w] = row_l[r];
+    }
+  }
+#else
+  __trap();  // never launched: the host picks the SIMT kernel where this is not sm_80+ code
+#endif
+}
+
 template <typename Op>
 __device__ __forceinline__ float block_reduce(float v, float* scratch, Op op) {
 #pragma unroll
@@ -723,14 +1117,21 @@ int choose_partitions(int64_t base, int span, int sms, int occupancy) {
   return best <= 0.8 * one ? best_n : 1;
 }
 
-template <int D, KvCacheDType KV>
-void launch_decode(const PagedAttentionArgs& a, CudaStream& stream) {
-  using C = DecodeConfig<D, KV>;
-  const int device = stream.device().index;
-  const DeviceLimits& limits = device_limits(device);
-  const auto kernel = paged_attention_decode_kernel<D, KV>;
-  const int regs = prepare_kernel(reinterpret_cast<const void*>(kernel), device, limits);
+// Tensor-core partition count: decode on tensor cores is bandwidth-bound, and one CTA per
+// resident slot (sms · occupancy) already keeps an SM's share of HBM busy, while CTAs past the
+// first wave only add a tail. So: one partition when the base grid reaches the slots, else as many
+// as fit in one wave (at least 512 tokens each). Measured on an H200 (132 SMs, head 128, 2 CTAs
+// per SM): 64 × 4096 GQA 32/4 (base 256): 1 partition 151 µs, 2: 160, 4: 164, 8: 172; 1 × 16384
+// MHA-32 (base 32): 8 partitions 89 µs, 16: 93, 32: 98 — this rule picks 1 and 8.
+int choose_partitions_tc(int64_t base, int span, int sms, int occupancy) {
+  const int64_t slots = static_cast<int64_t>(sms) * std::max(occupancy, 1);
+  if (span <= 2 * kPartitionGranule || base >= slots) return 1;
+  const int max_parts = static_cast<int>(std::min<int64_t>((span + 2 * kPartitionGranule - 1) / (2 * kPartitionGranule), kMaxPartitions));
+  return static_cast<int>(std::max<int64_t>(1, std::min<int64_t>(max_parts, slots / base)));
+}
 
+// The parameters both kernels share; heads per CTA at most max_heads (head chunks adjacent in the grid).
+DecodeParams common_params(const PagedAttentionArgs& a, int max_heads) {
   DecodeParams p{};
   p.query = a.query, p.query_stride = a.query_stride, p.out = a.out, p.dtype = a.dtype;
   p.key_cache = a.key_cache, p.value_cache = a.value_cache;
@@ -740,7 +1141,7 @@ void launch_decode(const PagedAttentionArgs& a, CudaStream& stream) {
   p.num_blocks = a.shape.num_blocks;
   p.num_heads = static_cast<int>(a.num_heads), p.num_kv_heads = static_cast<int>(a.shape.num_kv_heads);
   p.group = p.num_heads / p.num_kv_heads;
-  p.head_chunks = (p.group + C::kMaxHeads - 1) / C::kMaxHeads;
+  p.head_chunks = (p.group + max_heads - 1) / max_heads;
   p.heads_per_cta = (p.group + p.head_chunks - 1) / p.head_chunks;
   const int block_size = static_cast<int>(a.shape.block_size);
   p.log2_block_size = block_size == 8 ? 3 : block_size == 16 ? 4 : 5;
@@ -748,19 +1149,30 @@ void launch_decode(const PagedAttentionArgs& a, CudaStream& stream) {
   p.max_len = static_cast<int>(std::min<int64_t>({std::max<int64_t>(a.max_seq_len, 0), table_tokens, INT_MAX / 2}));
   p.sliding_window = std::max(a.sliding_window, 0);
   p.scale = a.scale, p.softcap = a.softcap;
+  return p;
+}
 
-  // Stages: the most tiles in flight per SM, (stages − 1) · resident CTAs; ties to fewer stages.
+// Stages (2 or 3) with the most tiles in flight per SM, (stages − 1) · resident CTAs; ties to
+// fewer stages. Sets p.stages and returns {smem bytes, occupancy}.
+template <typename SmemOf>
+std::pair<int, int> choose_stages(DecodeParams& p, const DeviceLimits& limits, int regs, SmemOf smem_of) {
   int best_score = 0, smem = 0;
   for (int stages = 2; stages <= 3; ++stages) {
-    const int bytes = decode_smem<D, KV>(p.heads_per_cta, stages).total;
+    const int bytes = smem_of(stages);
     if (bytes > limits.smem_per_block_optin) continue;
     const int score = (stages - 1) * ctas_per_sm(limits, regs, bytes);
     if (score > best_score) best_score = score, p.stages = stages, smem = bytes;
   }
-  PAGEDLLM_CHECK(best_score > 0, Unsupported, "paged attention decode: ", decode_smem<D, KV>(p.heads_per_cta, 2).total,
+  PAGEDLLM_CHECK(best_score > 0, Unsupported, "paged attention decode: ", smem_of(2),
                  " bytes of shared memory per block needed, the device allows ", limits.smem_per_block_optin);
-  const int occupancy = ctas_per_sm(limits, regs, smem);
+  return {smem, ctas_per_sm(limits, regs, smem)};
+}
 
+// Sets p.num_partitions / p.partition_size (forced count, else `chosen(base, span)`), then launches
+// `kernel` (grid (num_kv_heads · head_chunks, num_seqs, partitions)) and, when split, the merge.
+template <typename Choose>
+void launch_partitioned(void (*kernel)(DecodeParams), DecodeParams p, int head_size, int smem,
+                        const PagedAttentionArgs& a, CudaStream& stream, Choose chosen) {
   const int span = p.sliding_window > 0
                        ? static_cast<int>(std::min<int64_t>(p.max_len, int64_t{p.sliding_window} + kPartitionGranule - 1))
                        : p.max_len;
@@ -768,7 +1180,7 @@ void launch_decode(const PagedAttentionArgs& a, CudaStream& stream) {
   p.num_partitions = a.decode_partitions > 0
                          ? static_cast<int>(std::min<int64_t>({a.decode_partitions, kMaxPartitions,
                                                                std::max<int64_t>(1, (span + kPartitionGranule - 1) / kPartitionGranule)}))
-                         : choose_partitions(base, span, limits.sms, occupancy);
+                         : chosen(base, span);
   const int64_t ps = (std::max((span + p.num_partitions - 1) / p.num_partitions, 1) + kPartitionGranule - 1) /
                      kPartitionGranule * kPartitionGranule;
   p.partition_size = static_cast<int>(ps);
@@ -784,7 +1196,7 @@ void launch_decode(const PagedAttentionArgs& a, CudaStream& stream) {
 
   // Split-K: float32 partials from the stream-ordered workspace, freed right after the merge.
   const size_t rows = static_cast<size_t>(a.num_seqs) * p.num_heads * p.num_partitions;
-  const size_t partial_bytes = align_up(rows * D * sizeof(float)), stat_bytes = align_up(rows * sizeof(float));
+  const size_t partial_bytes = align_up(rows * head_size * sizeof(float)), stat_bytes = align_up(rows * sizeof(float));
   const size_t bytes = partial_bytes + 2 * stat_bytes;
   MemoryResourcePtr resource = default_memory_resource(stream.device());
   void* workspace = resource->allocate(bytes, stream, Category::Workspace);
@@ -798,13 +1210,41 @@ void launch_decode(const PagedAttentionArgs& a, CudaStream& stream) {
     // Three floats of slack: ptxas loads the k-loop's remainder (up to 3 weights) as one
     // shared-memory read before branching on how many there are, which compute-sanitizer's
     // memcheck reported as out of bounds when a row's last partition was the array's last.
-    merge_partitions_kernel<<<merge_grid, kMergeThreads, (p.num_partitions + 3) * sizeof(float), stream.handle()>>>(p, D);
+    merge_partitions_kernel<<<merge_grid, kMergeThreads, (p.num_partitions + 3) * sizeof(float), stream.handle()>>>(
+        p, head_size);
     PAGEDLLM_CUDA_CHECK(cudaGetLastError());
   } catch (...) {
     resource->deallocate(workspace, bytes, stream, Category::Workspace);
     throw;
   }
   resource->deallocate(workspace, bytes, stream, Category::Workspace);
+}
+
+template <int D, KvCacheDType KV>
+void launch_decode(const PagedAttentionArgs& a, CudaStream& stream) {
+  using C = DecodeConfig<D, KV>;
+  const int device = stream.device().index;
+  const DeviceLimits& limits = device_limits(device);
+  const auto kernel = paged_attention_decode_kernel<D, KV>;
+  const int regs = prepare_kernel(reinterpret_cast<const void*>(kernel), device, limits);
+  DecodeParams p = common_params(a, C::kMaxHeads);
+  const std::pair<int, int> so =
+      choose_stages(p, limits, regs, [&](int stages) { return decode_smem<D, KV>(p.heads_per_cta, stages).total; });
+  launch_partitioned(kernel, p, D, so.first, a, stream,
+                     [&](int64_t base, int span) { return choose_partitions(base, span, limits.sms, so.second); });
+}
+
+template <int D, typename T>
+void launch_decode_tc(const PagedAttentionArgs& a, CudaStream& stream) {
+  const int device = stream.device().index;
+  const DeviceLimits& limits = device_limits(device);
+  const auto kernel = paged_attention_decode_tc_kernel<D, T>;
+  const int regs = prepare_kernel(reinterpret_cast<const void*>(kernel), device, limits);
+  DecodeParams p = common_params(a, kTcRows);
+  p.query_vec = reinterpret_cast<uintptr_t>(a.query) % 16 == 0 && a.query_stride % 8 == 0;
+  const std::pair<int, int> so = choose_stages(p, limits, regs, [](int stages) { return tc_smem<D>(stages).total; });
+  launch_partitioned(kernel, p, D, so.first, a, stream,
+                     [&](int64_t base, int span) { return choose_partitions_tc(base, span, limits.sms, so.second); });
 }
 
 template <int D>
@@ -817,6 +1257,41 @@ void dispatch_cache_dtype(const PagedAttentionArgs& a, CudaStream& stream) {
     case KvCacheDType::Fp8E4M3: return launch_decode<D, KvCacheDType::Fp8E4M3>(a, stream);
   }
   PAGEDLLM_FAIL(Unsupported, "paged attention decode: unknown KV cache dtype ", static_cast<int>(a.cache_dtype));
+}
+
+template <int D>
+void dispatch_tc(const PagedAttentionArgs& a, CudaStream& stream) {
+  if (a.dtype == DType::Float16) return launch_decode_tc<D, __half>(a, stream);
+  return launch_decode_tc<D, __nv_bfloat16>(a, stream);
+}
+
+// Whether the tensor-core kernel runs as sm_80+ code on `device` (a build whose code for it is
+// sm_75 would run its empty body). Cached per device; the device must be current.
+bool tc_kernel_usable(int device) {
+  static std::mutex mutex;
+  static std::map<int, bool> cache;
+  std::lock_guard<std::mutex> lock(mutex);
+  auto it = cache.find(device);
+  if (it != cache.end()) return it->second;
+  cudaFuncAttributes attr{};
+  PAGEDLLM_CUDA_CHECK(cudaFuncGetAttributes(&attr, paged_attention_decode_tc_kernel<128, __half>));
+  const bool usable = attr.ptxVersion >= 80 && attr.binaryVersion >= 80;
+  cache.emplace(device, usable);
+  return usable;
+}
+
+// Empty when the tensor-core kernel handles `a` (the device aside); otherwise why not.
+std::string tc_unsupported(const PagedAttentionArgs& a) {
+  if (!((a.dtype == DType::Float16 && a.cache_dtype == KvCacheDType::Float16) ||
+        (a.dtype == DType::BFloat16 && a.cache_dtype == KvCacheDType::BFloat16)))
+    return std::string("dtype ") + dtype_name(a.dtype) + " with a " + kv_dtype_name(a.cache_dtype) +
+           " cache (supported: float16 / float16, bfloat16 / bfloat16)";
+  if (a.alibi_slopes) return "alibi slopes";
+  if (a.softcap > 0.0f) return "softcap";
+  switch (a.shape.head_size) {
+    case 64: case 80: case 96: case 128: case 256: return {};
+  }
+  return "head size " + std::to_string(a.shape.head_size);
 }
 
 }  // namespace
@@ -847,8 +1322,25 @@ void paged_attention_decode_cuda(const PagedAttentionArgs& a, Stream& stream) {
   PAGEDLLM_CHECK(a.num_seqs <= 65535, Unsupported, "paged attention decode: ", a.num_seqs,
                  " sequences in one call (at most 65535)");
   if (a.num_seqs <= 0 || a.num_tokens <= 0) return;
+  PAGEDLLM_CHECK(a.decode_kernel >= 0 && a.decode_kernel <= 2, InvalidArgument, "paged attention decode: decode_kernel ",
+                 a.decode_kernel, " (0 automatic, 1 SIMT, 2 tensor cores)");
   CudaStream& cuda = as_cuda_stream(stream);
   cuda.activate();
+  if (a.decode_kernel != 1) {
+    const std::string why = tc_unsupported(a);
+    const bool usable = why.empty() && tc_kernel_usable(cuda.device().index);
+    PAGEDLLM_CHECK(usable || a.decode_kernel == 0, Unsupported, "paged attention decode: the tensor-core kernel does not support ",
+                   why.empty() ? std::string("this device (needs sm_80+ code)") : why);
+    if (usable) {
+      switch (a.shape.head_size) {
+        case 64: return dispatch_tc<64>(a, cuda);
+        case 80: return dispatch_tc<80>(a, cuda);
+        case 96: return dispatch_tc<96>(a, cuda);
+        case 128: return dispatch_tc<128>(a, cuda);
+        case 256: return dispatch_tc<256>(a, cuda);
+      }
+    }
+  }
   switch (a.shape.head_size) {
     case 64: return dispatch_cache_dtype<64>(a, cuda);
     case 80: return dispatch_cache_dtype<80>(a, cuda);

@@ -1,8 +1,11 @@
 // The native paged-attention benchmark (driven by benchmarks/attention.bench.ts,
 // runnable alone where only cmake and nvcc exist, such as the GPU machine).
 //
-//   pagedllm_bench_attention [--device cpu|cuda] [--case NAME]... [--reps N] [--partitions N] [--list]
-//   (--partitions: force the CUDA decode kernel's split-K partition count, for tuning; 0: its own choice)
+//   pagedllm_bench_attention [--device cpu|cuda] [--case NAME]... [--reps N] [--partitions N]
+//                            [--kernel auto|simt|tc] [--list]
+//   (--partitions: force the CUDA decode kernel's split-K partition count, for tuning; 0: its own choice;
+//    --kernel: the CUDA decode kernel (PagedAttentionArgs::decode_kernel), reported per case as
+//    "decodeKernel": "tc" (tensor cores), "simt", or "none" (CPU, prefill))
 //
 // For each case: the bytes the kernel must read (every visible K/V element and
 // scale once, the queries, plus the outputs written) over the median time, as a
@@ -28,6 +31,7 @@
 
 #include "pagedllm/convert.h"
 #include "pagedllm/device.h"
+#include "pagedllm/error.h"
 #include "pagedllm/memory_resource.h"
 #include "pagedllm/paged_attention.h"
 #include "pagedllm/tensor_ops.h"
@@ -94,9 +98,10 @@ void fill_random(Buffer& b, int kind /* 0 f32, 1 f16, 2 bf16, 3 bytes, 4 scales 
 
 struct Result {
   double median_s = 0, min_s = 0, bytes = 0, flops = 0;
+  const char* decode_kernel = "none";  // the CUDA decode kernel that ran
 };
 
-Result run_case(const Case& c, const std::shared_ptr<Stream>& stream, int reps, int partitions) {
+Result run_case(const Case& c, const std::shared_ptr<Stream>& stream, int reps, int partitions, int kernel) {
   const bool quant = kv_dtype_is_quantized(c.kv);
   const int64_t blocks_per_seq = (c.seq_len + c.block_size - 1) / c.block_size;
   const int64_t num_blocks = blocks_per_seq * c.num_seqs + 1;
@@ -140,6 +145,7 @@ Result run_case(const Case& c, const std::shared_ptr<Stream>& stream, int reps, 
   a.key_scales = quant ? static_cast<const float*>(ks->ptr) : nullptr;
   a.value_scales = quant ? static_cast<const float*>(vs->ptr) : nullptr;
   a.decode_partitions = partitions;
+  a.decode_kernel = kernel;
   a.cache_dtype = c.kv;
   a.shape = shape;
   a.block_tables = static_cast<const int32_t*>(bt.ptr);
@@ -153,6 +159,21 @@ Result run_case(const Case& c, const std::shared_ptr<Stream>& stream, int reps, 
   stream->synchronize();
 
   Result r;
+  if (!stream->device().is_cpu() && c.q_len <= 1) {
+    // Automatic: the tensor-core kernel runs whenever it supports the call, so ask it (forced).
+    r.decode_kernel = kernel == 1 ? "simt" : "tc";
+    if (kernel == 0) {
+      PagedAttentionArgs probe = a;
+      probe.decode_kernel = 2;
+      try {
+        paged_attention(probe, *stream);
+      } catch (const Error& e) {
+        if (e.code() != ErrorCode::Unsupported) throw;
+        r.decode_kernel = "simt";
+      }
+      stream->synchronize();
+    }
+  }
   const double kv_elems = static_cast<double>(c.num_seqs) * c.seq_len * c.num_kv_heads * c.head_size;
   r.bytes = 2 * kv_elems * kv_dtype_size(c.kv) + (quant ? 2 * kv_elems / c.head_size * 4 : 0) + 2.0 * q_bytes +
             tables.size() * 4;
@@ -201,18 +222,26 @@ Result run_case(const Case& c, const std::shared_ptr<Stream>& stream, int reps, 
 int main(int argc, char** argv) {
   std::string device = "cpu";
   std::vector<std::string> only;
-  int reps = 0, partitions = 0;
+  int reps = 0, partitions = 0, kernel = 0;
   for (int i = 1; i < argc; ++i) {
     const std::string arg = argv[i];
     if (arg == "--device" && i + 1 < argc) device = argv[++i];
     else if (arg == "--case" && i + 1 < argc) only.push_back(argv[++i]);
     else if (arg == "--reps" && i + 1 < argc) reps = std::atoi(argv[++i]);
     else if (arg == "--partitions" && i + 1 < argc) partitions = std::atoi(argv[++i]);
+    else if (arg == "--kernel" && i + 1 < argc && (std::string(argv[i + 1]) == "auto" || std::string(argv[i + 1]) == "simt" ||
+                                                   std::string(argv[i + 1]) == "tc")) {
+      const std::string k = argv[++i];
+      kernel = k == "simt" ? 1 : k == "tc" ? 2 : 0;
+    }
     else if (arg == "--list") {
       for (const Case& c : kCases) std::printf("%s %s\n", c.device, c.name);
       return 0;
     } else {
-      std::fprintf(stderr, "usage: %s [--device cpu|cuda] [--case NAME]... [--reps N] [--partitions N] [--list]\n", argv[0]);
+      std::fprintf(stderr,
+                   "usage: %s [--device cpu|cuda] [--case NAME]... [--reps N] [--partitions N] [--kernel auto|simt|tc] "
+                   "[--list]\n",
+                   argv[0]);
       return 2;
     }
   }
@@ -244,15 +273,15 @@ int main(int argc, char** argv) {
     for (const Case& c : kCases) {
       if (!only.empty() ? std::find(only.begin(), only.end(), c.name) == only.end() : std::string(c.device) != (cuda ? "cuda" : "cpu"))
         continue;
-      const Result r = run_case(c, stream, reps, partitions);
+      const Result r = run_case(c, stream, reps, partitions, kernel);
       std::printf("%s\n    {\"name\": \"%s\", \"numSeqs\": %d, \"seqLen\": %d, \"qLen\": %d, \"numHeads\": %d, \"numKvHeads\": %d, "
                   "\"headSize\": %d, \"blockSize\": %d, \"dtype\": \"%s\", \"kvDtype\": \"%s\", \"contiguous\": %s, "
                   "\"bytes\": %.0f, \"medianUs\": %.3f, \"minUs\": %.3f, \"bytesPerSecond\": %.6e, \"fractionOfBandwidth\": %.4f, "
-                  "\"tflops\": %.4f, \"decodePartitions\": %d}",
+                  "\"tflops\": %.4f, \"decodePartitions\": %d, \"decodeKernel\": \"%s\"}",
                   first ? "" : ",", c.name, c.num_seqs, c.seq_len, c.q_len, c.num_heads, c.num_kv_heads, c.head_size,
                   c.block_size, dtype_name(c.dtype), kv_dtype_name(c.kv), c.contiguous ? "true" : "false", r.bytes,
                   r.median_s * 1e6, r.min_s * 1e6, r.bytes / r.median_s, r.bytes / r.median_s / bandwidth,
-                  r.flops / r.median_s / 1e12, partitions);
+                  r.flops / r.median_s / 1e12, partitions, r.decode_kernel);
       std::fflush(stdout);
       first = false;
     }

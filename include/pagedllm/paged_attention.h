@@ -98,6 +98,11 @@ struct PagedAttentionArgs {
   // CUDA decode only: split-K partitions per sequence, for tuning experiments (clamped to what
   // the context allows); 0 or less: the launcher's own choice (choose_partitions).
   int32_t decode_partitions;
+  // CUDA decode only: which kernel, for tests, benchmarks and as a fallback switch. 0: automatic
+  // (the tensor-core kernel on sm_80+ for float16 / bfloat16 q with a cache of the same dtype,
+  // no alibi, no softcap; else the SIMT kernel), 1: the SIMT kernel, 2: the tensor-core kernel
+  // (ERR_UNSUPPORTED when it does not handle the call).
+  int32_t decode_kernel;
 };
 
 // Empty when supported on `device`; otherwise the reason, naming the supported values.
