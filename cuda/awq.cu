@@ -2,7 +2,17 @@
 // weight of include/pagedllm/awq.h, dequantized inside the kernels. CPU twin
 // and argument checks: cpu/awq.cpp. No cuBLAS: four paths.
 //
-// - GEMV (small M, decode): a CTA owns 16 words (128 columns) of a K range;
+// - GEMV (M ≤ 8, decode): awq_gemv2_kernel, described where it is defined:
+//   256-column × K-slice CTAs, 16-byte (8/4-byte for larger M) loads of the
+//   packed words issued in batches before their math, codes turned into
+//   floats by one AND each (subnormal floats, no conversion), x staged in
+//   shared memory, K split across CTAs as below. Not yet run on a GPU, so the
+//   dispatch uses it only with PAGEDLLM_AWQ_GEMV=new (read once); tests and
+//   benchmarks ask for it as AwqCudaKernel::Gemv. The previous GEMV
+//   (AwqCudaKernel::GemvLegacy) is the default, and also serves M > 8 when the
+//   GEMV is asked for and weights whose buffers are not aligned for the new
+//   kernel's loads:
+// - Previous GEMV (awq_gemv_kernel): a CTA owns 16 words (128 columns) of a K range;
 //   each thread streams its own contiguous rows with 16-byte (or 8/4-byte for
 //   larger M) evict-first loads of the packed words, four rows' loads in
 //   flight before their math, and keeps per-group sums
@@ -44,6 +54,8 @@
 #include <algorithm>
 #include <atomic>
 #include <climits>
+#include <cstdlib>
+#include <cstring>
 #include <type_traits>
 
 #include "cuda_stream.h"
@@ -269,6 +281,220 @@ __global__ void awq_split_sum_kernel(AwqLinearArgs a, const float* partial, int 
     float v = 0.0f;
     for (int s = 0; s < splits; ++s) v += partial[s * M * N + i];
     store_out(a, i / N, i % N, v);
+  }
+}
+
+// ---- kernels: GEMV (current) ---------------------------------------------------------------------
+//
+// CTA (blockIdx.x, blockIdx.y, blockIdx.z) = (32-word = 256-column tile, MT-row chunk of x, K slice).
+// A row's 32 words (128 contiguous bytes) are read by LW = 32 / VEC lanes (VEC words each), so a
+// warp holds VEC rows per load and the CTA RT = 8 · VEC "row-threads" per column. Row-thread rt owns
+// `run` consecutive rows of the CTA's slice (run a multiple of 8 dividing G, or any when G = K, so a
+// thread's rows are one group: it applies one zero point and one scale, once). It issues a batch of
+// UB rows' loads (UB · VEC = 16 words, 64 bytes, in flight; 8 or 4 words for MT = 8) before any
+// math, then its zero points (and an L1 prefetch of its scales, read after the sums), while x is
+// staged in shared memory; other warps (2-3 CTAs of 8 per SM) cover the next batch's latency.
+//
+// The codes become floats with no conversion at all: word & (0xF << 4c) read as a float is the
+// subnormal q · 2^(4c − 149) (bit patterns below 2^24 are exactly bits · 2^−149), so the FMA
+// x · 2^(89 − 4c) · that = x · q · 2^−60, exact up to the FMA's own rounding. x is staged once as
+// the four scaled copies (c = 0 … 3; slots 4 … 7 use word >> 16), and the thread's sums are
+// Σ x·q · 2^−60 and Σ x · 2^89; its result s·(Σ x·q − z·Σ x) is formed with z the same way, and the
+// CTA's sum is scaled back by 2^60 (exact). Per code: one LOP3 and MT FFMAs (plus a shift per 8).
+// The FMAs are inline PTX without .ftz so that a -ftz build keeps the subnormal operands. Range:
+// |x| < 2^39 (x · 2^89 must be finite) and products x · q below 2^−66 in magnitude lose bits
+// (subnormal at 2^−60): neither happens for activations.
+//
+// Reduction: shuffles across the VEC row-groups of a warp, then shared memory across the 8 warps
+// (fixed order: deterministic). K slices: float32 partials [splits, M, N] summed by
+// awq_split_sum_kernel, as the previous GEMV.
+constexpr int kGemv2TileWords = 32;
+constexpr int kGemv2Smem = 2112;  // float4s: x staging (≤ 2048 + 32 pad) or the reduction (2048)
+constexpr float kTwo89 = 618970019642690137449562112.0f;  // 2^89
+constexpr float kTwo60 = 1152921504606846976.0f;          // 2^60
+constexpr float kTwoM4 = 0.0625f;                         // 2^-4
+
+__device__ __forceinline__ float fma_subnormal(float a, float b, float c) {
+  float d;
+  asm("fma.rn.f32 %0, %1, %2, %3;\n" : "=f"(d) : "f"(a), "f"(b), "f"(c));
+  return d;
+}
+
+// The 8 codes of a word as subnormal floats, in slot order: slot c (and c + 4) is q · 2^(4c − 149).
+__device__ __forceinline__ void word_codes(uint32_t word, float (&q)[8]) {
+  const uint32_t hi = word >> 16;
+#pragma unroll
+  for (int c = 0; c < 4; ++c) {
+    q[c] = __uint_as_float(word & (0xFu << (4 * c)));
+    q[c + 4] = __uint_as_float(hi & (0xFu << (4 * c)));
+  }
+}
+
+template <int VEC>
+__device__ __forceinline__ void load_words_ldg(const int32_t* p, uint32_t (&w)[VEC]) {
+  if constexpr (VEC == 4) {
+    const int4 v = __ldg(reinterpret_cast<const int4*>(p));
+    w[0] = v.x, w[1] = v.y, w[2] = v.z, w[3] = v.w;
+  } else if constexpr (VEC == 2) {
+    const int2 v = __ldg(reinterpret_cast<const int2*>(p));
+    w[0] = v.x, w[1] = v.y;
+  } else {
+    w[0] = static_cast<uint32_t>(__ldg(p));
+  }
+}
+
+// MT: rows of x per CTA (M ≤ MT); VEC: words per load; U: rows per batch of loads. partial: null →
+// y is written (+ bias); else [splits, M, N] float32 partials. run: rows per row-thread (see above).
+// CTAs per SM the registers are capped for (launch bounds): 3 (≤ 80 registers) for MT ≤ 2, else 2
+// (≤ 128) — except MT = 8 on sm_86/87/89, where ptxas spills at 128 (1: no cap). Device code only.
+#if defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 860 || __CUDA_ARCH__ == 870 || __CUDA_ARCH__ == 890)
+#define PAGEDLLM_GEMV2_MIN_BLOCKS(MT) ((MT) <= 2 ? 3 : (MT) == 8 ? 1 : 2)
+#else
+#define PAGEDLLM_GEMV2_MIN_BLOCKS(MT) ((MT) <= 2 ? 3 : 2)
+#endif
+template <int MT, int VEC, int U, typename X>
+__global__ void __launch_bounds__(kThreads, PAGEDLLM_GEMV2_MIN_BLOCKS(MT)) awq_gemv2_kernel(AwqLinearArgs a, float* partial, int run) {
+  constexpr int LW = kGemv2TileWords / VEC, RG = 32 / LW, RT = (kThreads / 32) * RG, COLS = 8 * kGemv2TileWords;
+  constexpr int MC = MT < 4 ? MT : 4;  // rows of y per round of the cross-warp reduction
+  // Rows per batch (a divisor of 8): ptxas keeps these without spills at the launch bounds'
+  // register caps — sm_90 holds MT = 8 with 8 rows, sm_80 with 4; sm_86/89 MT = 2 with 4.
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  constexpr int UB = MT == 8 ? 2 * U : U;
+#elif defined(__CUDA_ARCH__) && (__CUDA_ARCH__ == 860 || __CUDA_ARCH__ == 870 || __CUDA_ARCH__ == 890)
+  constexpr int UB = MT == 2 ? U / 2 : U;
+#else
+  constexpr int UB = U;
+#endif
+  static_assert(RT * UB * MT + RT <= kGemv2Smem && (kThreads / 32) * MC * COLS <= 4 * kGemv2Smem, "shared memory");
+  __shared__ float4 smem[kGemv2Smem];
+  const AwqWeight& w = a.weight;
+  const int64_t K = w.in_features, N = w.out_features, G = w.group_size, words = N / 8, M = a.num_tokens;
+  const int tid = threadIdx.x, lane = tid & 31, warp = tid >> 5, lw = lane % LW, rt = warp * RG + lane / LW;
+  const int64_t word0 = static_cast<int64_t>(blockIdx.x) * kGemv2TileWords + lw * VEC;
+  const int64_t m0 = static_cast<int64_t>(blockIdx.y) * MT;
+  const int slice = RT * run;
+  const int64_t k0 = static_cast<int64_t>(blockIdx.z) * slice, kb = k0 + static_cast<int64_t>(rt) * run;
+  const bool active = word0 < words && kb < K;  // words % VEC == 0: a thread's VEC words are all in or all out
+  const int64_t g = active ? kb / G : 0;
+
+  uint32_t qw[UB][VEC];
+  auto load_batch = [&](int64_t k) {
+#pragma unroll
+    for (int u = 0; u < UB; ++u) {
+      if (active && k + u < K) {
+        load_words<VEC>(w.qweight + (k + u) * words + word0, qw[u]);
+      } else {
+#pragma unroll
+        for (int v = 0; v < VEC; ++v) qw[u][v] = 0u;
+      }
+    }
+  };
+  load_batch(kb);  // the first loads go out before anything else
+
+  // The zero points now (VEC registers); the scales (4 · VEC registers) only prefetched into L1, and
+  // read after the sums (an L1 or L2 hit then), which keeps the kernel at ≤ 80 registers.
+  uint32_t zw[VEC];
+  const uint16_t* scales = w.scales + g * N + 8 * word0;
+  if (active) {
+    load_words_ldg<VEC>(w.qzeros + g * words + word0, zw);
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) asm volatile("prefetch.global.L1 [%0];\n" ::"l"(scales + 8 * v));
+  } else {
+#pragma unroll
+    for (int v = 0; v < VEC; ++v) zw[v] = 0u;
+  }
+
+  // x of the slice → shared memory: row-thread r's rows at [r · pitch, r · pitch + run · MT), m fastest.
+  const X* x = static_cast<const X*>(a.x);
+  const int pitch = run * MT + 1;  // + 1: the VEC row-groups of a warp read different banks
+  for (int e = tid; e < slice * MT; e += kThreads) {
+    const int m = e / slice, kl = e % slice;
+    const int64_t k = k0 + kl, row = m0 + m;
+    const float v = k < K && row < M ? to_f(x[row * a.x_stride + k]) : 0.0f;
+    const float v0 = v * kTwo89, v1 = v0 * kTwoM4, v2 = v1 * kTwoM4, v3 = v2 * kTwoM4;
+    smem[(kl / run) * pitch + (kl % run) * MT + m] = make_float4(v0, v1, v2, v3);
+  }
+  __syncthreads();
+
+  float acc[MT][VEC * 8], xsum[MT];  // Σ x·q · 2^−60 (slot order) and Σ x · 2^89
+#pragma unroll
+  for (int m = 0; m < MT; ++m) {
+    xsum[m] = 0.0f;
+#pragma unroll
+    for (int e = 0; e < VEC * 8; ++e) acc[m][e] = 0.0f;
+  }
+  const float4* xr = smem + rt * pitch;
+  const int batches = run / UB;  // run: a multiple of 8 (the launcher) and so of UB
+  for (int b = 0; b < batches; ++b) {
+    if (b > 0) load_batch(kb + static_cast<int64_t>(b) * UB);
+#pragma unroll
+    for (int u = 0; u < UB; ++u) {
+      float q[VEC][8];
+#pragma unroll
+      for (int v = 0; v < VEC; ++v) word_codes(qw[u][v], q[v]);
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        const float4 xv = xr[(b * UB + u) * MT + m];
+        const float xs[4] = {xv.x, xv.y, xv.z, xv.w};
+        xsum[m] += xv.x;
+#pragma unroll
+        for (int v = 0; v < VEC; ++v)
+#pragma unroll
+          for (int i = 0; i < 8; ++i) acc[m][v * 8 + i] = fma_subnormal(xs[i & 3], q[v][i], acc[m][v * 8 + i]);
+      }
+    }
+  }
+
+  // r = s · (Σ x·q − z · Σ x) · 2^−60 per column (slot order), then summed over the row-threads.
+#pragma unroll
+  for (int v = 0; v < VEC; ++v) {
+    float z[8];
+    word_codes(zw[v], z);
+    const uint4 sv = active ? __ldg(reinterpret_cast<const uint4*>(scales + 8 * v)) : make_uint4(0u, 0u, 0u, 0u);
+    const uint32_t sw[4] = {sv.x, sv.y, sv.z, sv.w};
+#pragma unroll
+    for (int i = 0; i < 8; ++i) {
+      const int col = awq::slot_column(i);
+      const float s = __half2float(__ushort_as_half(static_cast<uint16_t>(sw[col >> 1] >> (16 * (col & 1)))));
+#pragma unroll
+      for (int m = 0; m < MT; ++m) {
+        const float xs = (i & 3) == 0 ? xsum[m] : (i & 3) == 1 ? xsum[m] * kTwoM4 : (i & 3) == 2 ? xsum[m] * (kTwoM4 * kTwoM4) : xsum[m] * (kTwoM4 * kTwoM4 * kTwoM4);
+        acc[m][v * 8 + i] = s * fma_subnormal(-xs, z[i], acc[m][v * 8 + i]);
+      }
+    }
+  }
+#pragma unroll
+  for (int m = 0; m < MT; ++m)
+#pragma unroll
+    for (int e = 0; e < VEC * 8; ++e)
+#pragma unroll
+      for (int off = LW; off < 32; off <<= 1) acc[m][e] += __shfl_xor_sync(0xffffffffu, acc[m][e], off);
+
+  float* red = reinterpret_cast<float*>(smem);  // [warp][MC][COLS]
+#pragma unroll
+  for (int mc = 0; mc < MT; mc += MC) {
+    __syncthreads();  // the x staging (or the previous round) is done with smem
+    if (lane < LW) {
+#pragma unroll
+      for (int mm = 0; mm < MC; ++mm)
+#pragma unroll
+        for (int v = 0; v < VEC; ++v)
+#pragma unroll
+          for (int i = 0; i < 8; ++i)
+            red[(warp * MC + mm) * COLS + (lw * VEC + v) * 8 + awq::slot_column(i)] = acc[mc + mm][v * 8 + i];
+    }
+    __syncthreads();
+    for (int e = tid; e < MC * COLS; e += kThreads) {
+      const int mm = e / COLS, c = e % COLS;
+      const int64_t m = m0 + mc + mm, n = static_cast<int64_t>(blockIdx.x) * COLS + c;
+      float v = 0.0f;
+#pragma unroll
+      for (int wi = 0; wi < kThreads / 32; ++wi) v += red[(wi * MC + mm) * COLS + c];
+      v *= kTwo60;
+      if (m >= M || n >= N) continue;
+      if (partial) partial[(static_cast<int64_t>(blockIdx.z) * M + m) * N + n] = v;
+      else store_out(a, m, n, v);
+    }
   }
 }
 
@@ -581,6 +807,74 @@ void run_gemv(const AwqLinearArgs& a, Stream& stream, int sms, cudaStream_t s) {
   else launch_gemv<8, 1>(a, stream, sms, s);
 }
 
+// The current GEMV (awq_gemv2_kernel): run = the largest of max(U, 8) · 2^i ≤ 64 that fits the
+// shared memory, divides G (any run when G = K) and still gives two CTAs per SM (to tune on a GPU);
+// false when the grid cannot hold the K slices (the caller falls back to the previous GEMV).
+template <int MT, int VEC, int U, typename X>
+bool launch_gemv2_x(const AwqLinearArgs& a, Stream& stream, int sms, cudaStream_t s) {
+  constexpr int RT = (kThreads / 32) * VEC;  // row-threads per CTA (see the kernel)
+  const int64_t K = a.weight.in_features, G = a.weight.group_size, words = a.weight.out_features / 8;
+  const int64_t tiles = (words + kGemv2TileWords - 1) / kGemv2TileWords, chunks = (a.num_tokens + MT - 1) / MT;
+  auto ctas = [&](int64_t r) { return tiles * chunks * ((K + RT * r - 1) / (RT * r)); };
+  int run = U < 8 ? 8 : U;  // ≥ 8 rows per thread: the zero point, scale and reduction are paid once per run
+  for (int r = 2 * run; r <= 64; r *= 2) {
+    if (RT * r * MT > 2048 || (G != K && G % r != 0) || ctas(r) < 2 * sms) break;
+    run = r;
+  }
+  const int64_t splits = (K + RT * run - 1) / (RT * run);
+  if (splits > 65535 || tiles > INT_MAX || chunks > 65535) return false;
+  const dim3 grid(static_cast<unsigned>(tiles), static_cast<unsigned>(chunks), static_cast<unsigned>(splits));
+  if (splits == 1) {
+    awq_gemv2_kernel<MT, VEC, U, X><<<grid, kThreads, 0, s>>>(a, nullptr, run);
+    PAGEDLLM_CUDA_CHECK(cudaGetLastError());
+    return true;
+  }
+  Workspace partial(static_cast<size_t>(splits * a.num_tokens * a.weight.out_features) * sizeof(float), stream);
+  awq_gemv2_kernel<MT, VEC, U, X><<<grid, kThreads, 0, s>>>(a, static_cast<float*>(partial.ptr), run);
+  PAGEDLLM_CUDA_CHECK(cudaGetLastError());
+  const int64_t total = a.num_tokens * a.weight.out_features;
+  const unsigned blocks = static_cast<unsigned>(std::min<int64_t>((total + kThreads - 1) / kThreads, 8 * sms));
+  awq_split_sum_kernel<<<blocks, kThreads, 0, s>>>(a, static_cast<const float*>(partial.ptr), static_cast<int>(splits));
+  PAGEDLLM_CUDA_CHECK(cudaGetLastError());
+  return true;
+}
+
+template <int MT, int VEC, int U>
+bool launch_gemv2(const AwqLinearArgs& a, Stream& stream, int sms, cudaStream_t s) {
+  switch (a.x_dtype) {
+    case DType::Float16: return launch_gemv2_x<MT, VEC, U, half_t>(a, stream, sms, s);
+    case DType::BFloat16: return launch_gemv2_x<MT, VEC, U, bfloat16_t>(a, stream, sms, s);
+    default: return launch_gemv2_x<MT, VEC, U, float>(a, stream, sms, s);
+  }
+}
+
+// PAGEDLLM_AWQ_GEMV=new: the dispatch (Auto, M ≤ 8) runs awq_gemv2_kernel; by default it runs the
+// previous GEMV, which has run on a GPU, until awq_gemv2_kernel has too (it was written without
+// one) — and it also needs |x| < 2^39 (x is staged scaled by up to 2^89). Read once.
+bool gemv2_chosen() {
+  static const bool chosen = [] {
+    const char* env = std::getenv("PAGEDLLM_AWQ_GEMV");
+    return env != nullptr && std::strcmp(env, "new") == 0;
+  }();
+  return chosen;
+}
+
+// The current GEMV where the weight's buffers allow its loads (M ≤ 8); false: not run.
+bool run_gemv2(const AwqLinearArgs& a, Stream& stream, int sms, cudaStream_t s) {
+  const AwqWeight& w = a.weight;
+  const int64_t words = w.out_features / 8, M = a.num_tokens;
+  const auto aligned = [](const void* p, uintptr_t n) { return reinterpret_cast<uintptr_t>(p) % n == 0; };
+  if (M > 8 || !aligned(w.scales, 16) || !aligned(w.qweight, 4) || !aligned(w.qzeros, 4)) return false;
+  const bool vec4 = words % 4 == 0 && aligned(w.qweight, 16) && aligned(w.qzeros, 16);
+  const bool vec2 = words % 2 == 0 && aligned(w.qweight, 8) && aligned(w.qzeros, 8);
+  // Accumulators MT · 8 · VEC ≤ 32 (64 for MT = 8); U · VEC = 16 words (64 bytes) in flight per
+  // thread per batch (8 words for MT = 8 on sm_90, 4 elsewhere: its FMAs, not its loads, set its pace).
+  if (M == 1 && vec4) return launch_gemv2<1, 4, 4>(a, stream, sms, s);
+  if (M <= 2 && vec2) return launch_gemv2<2, 2, 8>(a, stream, sms, s);
+  if (M <= 4) return launch_gemv2<4, 1, 16>(a, stream, sms, s);
+  return launch_gemv2<8, 1, 4>(a, stream, sms, s);
+}
+
 template <typename T, int MT>
 void launch_tensor_core_tiles(const AwqLinearArgs& a, bool aligned, cudaStream_t s) {
   const dim3 grid(static_cast<unsigned>((a.weight.out_features + 127) / 128), static_cast<unsigned>((a.num_tokens + 32 * MT - 1) / (32 * MT)));
@@ -635,6 +929,7 @@ const char* awq_cuda_kernel_name(AwqCudaKernel kernel) {
     case AwqCudaKernel::TensorCore: return "tensor-core";
     case AwqCudaKernel::Simt: return "simt";
     case AwqCudaKernel::DequantGemm: return "dequant-gemm";
+    case AwqCudaKernel::GemvLegacy: return "gemv-legacy";
   }
   return "unknown";
 }
@@ -651,13 +946,16 @@ void awq_linear_cuda(const AwqLinearArgs& a, Stream& stream, AwqCudaKernel kerne
   const int device = cuda.device().index;
   const bool sixteen_bit = a.x_dtype == DType::Float16 || a.x_dtype == DType::BFloat16;
   if (kernel == AwqCudaKernel::Auto) {
-    if (a.num_tokens <= kGemvMaxRows) kernel = AwqCudaKernel::Gemv;
+    if (a.num_tokens <= kGemvMaxRows) kernel = gemv2_chosen() ? AwqCudaKernel::Gemv : AwqCudaKernel::GemvLegacy;
     else if (a.num_tokens >= kDequantMinRows) kernel = AwqCudaKernel::DequantGemm;
     else if (sixteen_bit && tensor_cores_usable(device)) kernel = AwqCudaKernel::TensorCore;
     else kernel = AwqCudaKernel::Simt;
   }
   switch (kernel) {
-    case AwqCudaKernel::Gemv: run_gemv(a, stream, multiprocessors(device), s); break;
+    case AwqCudaKernel::Gemv:
+      if (!run_gemv2(a, stream, multiprocessors(device), s)) run_gemv(a, stream, multiprocessors(device), s);
+      break;
+    case AwqCudaKernel::GemvLegacy: run_gemv(a, stream, multiprocessors(device), s); break;
     case AwqCudaKernel::TensorCore:
       PAGEDLLM_CHECK(sixteen_bit && tensor_cores_usable(device), Unsupported,
                      "awq_linear: the tensor-core kernel needs sm_80+ code and float16/bfloat16 x");

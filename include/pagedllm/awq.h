@@ -280,8 +280,11 @@ struct AwqRepackArgs {
 void awq_repack(const AwqRepackArgs& args, Stream& stream);
 
 // The CUDA kernels of awq_linear, for tests and the crossover benchmark; Auto is the dispatch.
-// TensorCore needs sm_80+ and float16/bfloat16 x (ERR_UNSUPPORTED otherwise).
-enum class AwqCudaKernel { Auto, Gemv, TensorCore, Simt, DequantGemm };
+// TensorCore needs sm_80+ and float16/bfloat16 x (ERR_UNSUPPORTED otherwise). Gemv is the newer GEMV
+// (M ≤ 8; the previous one where the weight's buffers are not aligned for its vector loads, or M > 8);
+// GemvLegacy the previous GEMV always. The dispatch (Auto, M ≤ 8) takes GemvLegacy unless
+// PAGEDLLM_AWQ_GEMV=new (read once per process): the newer one has not run on a GPU yet.
+enum class AwqCudaKernel { Auto, Gemv, TensorCore, Simt, DequantGemm, GemvLegacy };
 const char* awq_cuda_kernel_name(AwqCudaKernel kernel);
 void awq_linear_cuda(const AwqLinearArgs& args, Stream& stream, AwqCudaKernel kernel);
 

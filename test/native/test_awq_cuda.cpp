@@ -2,8 +2,10 @@
 // (awq_reference.h): awq_dequantize bit for bit (float16 and float32), and
 // awq_linear over M × shapes × every group size through the dispatch and
 // through each kernel (GEMV, tensor cores, SIMT, dequantize + dense GEMM), on
-// aligned and unaligned buffers. Each test skips, with the reason, where no
-// usable CUDA device exists.
+// aligned and unaligned buffers. Both GEMVs are run: AwqCudaKernel::Gemv (the
+// newer one, M ≤ 8, which the dispatch uses only with PAGEDLLM_AWQ_GEMV=new)
+// and GemvLegacy (the dispatch's default). Each test skips, with the reason, where
+// no usable CUDA device exists.
 #include <cmath>
 #include <cstring>
 #include <memory>
@@ -38,7 +40,9 @@ struct DeviceWeight {
 // W's relative error a kernel allows itself (awq.h): the GEMV's unrounded (q − z)·s, or W rounded
 // to bfloat16 where tensor cores (or the dense GEMM after dequantizing) take bfloat16 x.
 double weight_error(AwqCudaKernel kernel, DType x) {
-  if (x == DType::BFloat16 && kernel != AwqCudaKernel::Gemv && kernel != AwqCudaKernel::Simt) return 1.0 / 256;
+  if (x == DType::BFloat16 && kernel != AwqCudaKernel::Gemv && kernel != AwqCudaKernel::GemvLegacy &&
+      kernel != AwqCudaKernel::Simt)
+    return 1.0 / 256;
   return 1.0 / 2048;
 }
 
@@ -92,8 +96,8 @@ TEST(cuda_awq_linear_grid_every_kernel) {
       const int k = combo++;
       const DType x = kFloats[k % 3], o = kFloats[(k / 3) % 3];
       const test::AwqLinearCase c(x, o, k % 2 == 0, M, shape.K, shape.N, shape.G, k % 4 == 1, seed++);
-      for (AwqCudaKernel kernel : {AwqCudaKernel::Auto, AwqCudaKernel::Gemv, AwqCudaKernel::TensorCore, AwqCudaKernel::Simt,
-                                   AwqCudaKernel::DequantGemm}) {
+      for (AwqCudaKernel kernel : {AwqCudaKernel::Auto, AwqCudaKernel::Gemv, AwqCudaKernel::GemvLegacy, AwqCudaKernel::TensorCore,
+                                   AwqCudaKernel::Simt, AwqCudaKernel::DequantGemm}) {
         if (kernel == AwqCudaKernel::TensorCore && (x == DType::Float32 || !tc)) continue;
         run_case(c, kernel);
       }
@@ -119,4 +123,45 @@ TEST(cuda_awq_tensor_core_kernel_is_refused_where_it_cannot_run) {
   test::DeviceBuffer o(out.bytes.size());
   test::expect_error(ErrorCode::Unsupported, "tensor-core kernel needs sm_80+ code and float16/bfloat16 x",
                      [&] { awq_linear_cuda(c.args(x.ptr, w.weight, nullptr, o.ptr), *gpu(), AwqCudaKernel::TensorCore); });
+}
+
+// The GEMVs (M ≤ 8) on shapes that reach every path of the current one: 16-byte words (N/8 a
+// multiple of 4), 8-byte (N/8 even), 4-byte (odd), qweight and qzeros off 16-byte alignment (the
+// 4-byte kernels), K splits from 1 to many (K up to 4096, ragged K with one group), column tiles cut
+// short, strided x and out, a bias; each M of 1 … 8 and each x dtype.
+TEST(cuda_awq_gemv_current_and_legacy) {
+  require_cuda();
+  struct Shape {
+    int64_t K, N, G;
+  };
+  // N/8: 64, 33, 130, 1, 5, 32, 12, 3, 97, 514, 1376 (multiples of 4, even, odd); the last shape is
+  // a llama MLP's, big enough for long runs and several load batches per thread.
+  const Shape shapes[] = {{4096, 512, 128}, {2048, 264, 64}, {1024, 1040, 32}, {512, 8, 32},     {96, 40, 32},  {4096, 256, 4096},
+                          {1000, 96, 1000}, {77, 24, 77},    {3072, 776, 128}, {256, 4112, 64}, {4096, 11008, 128}};
+  uint32_t seed = 500;
+  int combo = 0;
+  for (const Shape& shape : shapes)
+    for (int64_t M = 1; M <= 8; ++M) {
+      if (shape.N == 11008 && M != 1 && M != 2 && M != 5 && M != 8) continue;  // (the float64 reference's time)
+      const int k = combo++;
+      const DType x = kFloats[k % 3], o = kFloats[(k / 3) % 3];
+      const test::AwqLinearCase c(x, o, k % 2 == 1, M, shape.K, shape.N, shape.G, k % 4 == 2, seed++);
+      for (AwqCudaKernel kernel : {AwqCudaKernel::Gemv, AwqCudaKernel::GemvLegacy}) run_case(c, kernel);
+      if (M == 1 || M == 3 || M == 8) {  // qweight and qzeros 4 bytes off 16-byte alignment
+        const test::AwqTensors& t = c.w;
+        std::vector<int32_t> q(t.qweight.size() + 1), z(t.qzeros.size() + 1);
+        std::memcpy(q.data() + 1, t.qweight.data(), t.qweight.size() * 4);
+        std::memcpy(z.data() + 1, t.qzeros.data(), t.qzeros.size() * 4);
+        test::DeviceBuffer qd(q.data(), q.size() * 4), zd(z.data(), z.size() * 4), sd(t.scales.data(), t.scales.size() * 2);
+        const AwqWeight w = t.weight(qd.get<int32_t>() + 1, zd.get<int32_t>() + 1, sd.ptr);
+        test::DeviceBuffer xd(c.x.data(), c.x.bytes.size()), b(c.bias.data(), c.bias.bytes.size());
+        for (AwqCudaKernel kernel : {AwqCudaKernel::Gemv, AwqCudaKernel::GemvLegacy}) {
+          HostTensor out = c.make_out();
+          test::DeviceBuffer od(out.data(), out.bytes.size());
+          awq_linear_cuda(c.args(xd.ptr, w, b.get<void>(), od.ptr), *gpu(), kernel);
+          od.read(out.data(), out.bytes.size());
+          c.check(out, weight_error(kernel, x), test::str("cuda ", awq_cuda_kernel_name(kernel), " unaligned qweight"));
+        }
+      }
+    }
 }
