@@ -125,21 +125,21 @@ Napi::Value DecoderWorkspaceBytes(const Napi::CallbackInfo& info) {
 //                cacheDtype, shape, ids, off, positions, off, slots, off, blockTables, off, seqLens, off,
 //                cuSeqLensQ|null, off, logitRows|null (null: all numTokens rows), off, workspace, off, logits, off,
 //                then per layer: key, off, value, off, keyScales|null, off, valueScales|null, off)
-Napi::Value DecoderForward(const Napi::CallbackInfo& info) {
-  const DecoderModel& m = unwrap_decoder(info, 0);
-  Stream& stream = *NativeStream::From(info, 1).stream;
+// The step of decoderForward's arguments from info[b] on (b = 0 there; 1 for decoderGraphForward,
+// whose runner comes first). workspace: whether the step carries its own (the runner has its own).
+DecoderStep read_step(const Napi::CallbackInfo& info, size_t b, const DecoderModel& m, Stream& stream, bool workspace) {
   DecoderStep s{};
-  s.num_tokens = arg_int(info, 2, "numTokens");
-  s.num_seqs = arg_int(info, 3, "numSeqs");
-  s.max_blocks_per_seq = arg_int(info, 4, "maxBlocksPerSeq");
-  s.max_seq_len = arg_int(info, 5, "maxSeqLen");
-  s.max_query_len = arg_int(info, 6, "maxQueryLen");
-  const int64_t rows = arg_int(info, 7, "numLogitRows");
-  s.cache_dtype = arg_kv_dtype(info, 8);
-  s.cache_shape = arg_shape(info, 9);
+  s.num_tokens = arg_int(info, b + 2, "numTokens");
+  s.num_seqs = arg_int(info, b + 3, "numSeqs");
+  s.max_blocks_per_seq = arg_int(info, b + 4, "maxBlocksPerSeq");
+  s.max_seq_len = arg_int(info, b + 5, "maxSeqLen");
+  s.max_query_len = arg_int(info, b + 6, "maxQueryLen");
+  const int64_t rows = arg_int(info, b + 7, "numLogitRows");
+  s.cache_dtype = arg_kv_dtype(info, b + 8);
+  s.cache_shape = arg_shape(info, b + 9);
   const int64_t T = s.num_tokens;
   auto ints = [&](size_t i, int64_t n, bool optional = false) {
-    return reinterpret_cast<const int32_t*>(arg_region(info, i, static_cast<size_t>(n) * 4, stream, optional));
+    return reinterpret_cast<const int32_t*>(arg_region(info, b + i, static_cast<size_t>(n) * 4, stream, optional));
   };
   s.token_ids = ints(10, T);
   s.positions = ints(12, T);
@@ -149,19 +149,83 @@ Napi::Value DecoderForward(const Napi::CallbackInfo& info) {
   s.cu_seqlens_q = ints(20, s.num_seqs + 1, true);
   s.logit_rows = ints(22, rows, true);
   s.num_logit_rows = rows;
-  s.workspace = arg_region(info, 24, decoder_workspace_bytes(m, T, s.num_logit_rows), stream);
-  s.logits = reinterpret_cast<float*>(arg_region(info, 26, static_cast<size_t>(s.num_logit_rows * m.vocab_size) * 4, stream));
+  s.workspace = workspace ? arg_region(info, b + 24, decoder_workspace_bytes(m, T, s.num_logit_rows), stream) : nullptr;
+  s.logits = reinterpret_cast<float*>(arg_region(info, b + 26, static_cast<size_t>(s.num_logit_rows * m.vocab_size) * 4, stream));
   const size_t cache_bytes = static_cast<size_t>(s.cache_shape.elements()) * kv_dtype_size(s.cache_dtype);
   const size_t scale_bytes = static_cast<size_t>(s.cache_shape.num_blocks * s.cache_shape.num_kv_heads * s.cache_shape.block_size) * 4;
-  if (info.Length() != 28 + 8 * m.layers.size())
+  if (info.Length() != b + 28 + 8 * m.layers.size())
     throw make_error(info.Env(), "ERR_INVALID_ARGUMENT", "decoder: expected the cache of " + std::to_string(m.layers.size()) + " layers");
   for (size_t l = 0; l < m.layers.size(); ++l) {
-    const size_t i = 28 + 8 * l;
+    const size_t i = b + 28 + 8 * l;
     s.cache.push_back(DecoderCacheLayer{arg_region(info, i, cache_bytes, stream), arg_region(info, i + 2, cache_bytes, stream),
                                         reinterpret_cast<float*>(arg_region(info, i + 4, scale_bytes, stream, true)),
                                         reinterpret_cast<float*>(arg_region(info, i + 6, scale_bytes, stream, true))});
   }
-  decoder_forward(m, s, stream);
+  return s;
+}
+
+Napi::Value DecoderForward(const Napi::CallbackInfo& info) {
+  const DecoderModel& m = unwrap_decoder(info, 0);
+  Stream& stream = *NativeStream::From(info, 1).stream;
+  decoder_forward(m, read_step(info, 0, m, stream, true), stream);
+  return info.Env().Undefined();
+}
+
+constexpr napi_type_tag kGraphsTag = {0x2c6f1e9a7b3d5c18ULL, 0x94e2b7a1d6c3f805ULL};
+
+// The runner behind a JS handle; null once disposed.
+struct GraphsHandle {
+  std::unique_ptr<DecoderGraphRunner> runner;
+};
+
+GraphsHandle& unwrap_graphs(const Napi::CallbackInfo& info, size_t i) {
+  if (i >= info.Length() || !info[i].IsExternal() || !info[i].As<Napi::External<GraphsHandle>>().CheckTypeTag(&kGraphsTag))
+    throw make_error(info.Env(), "ERR_INVALID_ARGUMENT", "expected a native decoder-graphs handle");
+  return *info[i].As<Napi::External<GraphsHandle>>().Data();
+}
+
+// createDecoderGraphs(decoder, stream, maxBatch, maxBlocksPerSeq, capture) → graphs
+Napi::Value CreateDecoderGraphs(const Napi::CallbackInfo& info) {
+  const DecoderModel& m = unwrap_decoder(info, 0);
+  Stream& stream = *NativeStream::From(info, 1).stream;
+  auto handle = std::make_unique<GraphsHandle>();
+  handle->runner = create_decoder_graph_runner(m, stream, arg_int(info, 2, "maxBatch"), arg_int(info, 3, "maxBlocksPerSeq"),
+                                               info.Length() > 4 && info[4].ToBoolean().Value());
+  Napi::External<GraphsHandle> out =
+      Napi::External<GraphsHandle>::New(info.Env(), handle.release(), [](Napi::Env, GraphsHandle* p) { delete p; });
+  out.TypeTag(&kGraphsTag);
+  return out;
+}
+
+// decoderGraphForward(graphs, decoder, stream, then decoderForward's arguments from numTokens on;
+// the workspace region is not read: pass null, 0)
+Napi::Value DecoderGraphForward(const Napi::CallbackInfo& info) {
+  GraphsHandle& g = unwrap_graphs(info, 0);
+  if (!g.runner) throw make_error(info.Env(), "ERR_DISPOSED", "decoder graphs: disposed");
+  const DecoderModel& m = unwrap_decoder(info, 1);
+  Stream& stream = *NativeStream::From(info, 2).stream;
+  g.runner->forward(read_step(info, 1, m, stream, false));
+  return info.Env().Undefined();
+}
+
+// decoderGraphStats(graphs) → { captures, replays, eagerSteps, failures, graphs, bufferBytes, arenaBytes }
+Napi::Value DecoderGraphStatsOf(const Napi::CallbackInfo& info) {
+  GraphsHandle& g = unwrap_graphs(info, 0);
+  Napi::Object out = Napi::Object::New(info.Env());
+  const DecoderGraphStats s = g.runner ? g.runner->stats() : DecoderGraphStats{};
+  out.Set("captures", static_cast<double>(s.captures));
+  out.Set("replays", static_cast<double>(s.replays));
+  out.Set("eagerSteps", static_cast<double>(s.eager_steps));
+  out.Set("failures", static_cast<double>(s.failures));
+  out.Set("graphs", static_cast<double>(s.graphs));
+  out.Set("bufferBytes", static_cast<double>(s.buffer_bytes));
+  out.Set("arenaBytes", static_cast<double>(s.arena_bytes));
+  return out;
+}
+
+// decoderGraphsDispose(graphs): graphs destroyed, buffers back to the pool (stream-ordered). Idempotent.
+Napi::Value DecoderGraphsDispose(const Napi::CallbackInfo& info) {
+  unwrap_graphs(info, 0).runner.reset();
   return info.Env().Undefined();
 }
 
@@ -172,6 +236,10 @@ void init_decoder(Napi::Env env, Napi::Object exports) {
   exports.Set("decoderSetLayer", Napi::Function::New<Guard<DecoderSetLayer>>(env, "decoderSetLayer"));
   exports.Set("decoderWorkspaceBytes", Napi::Function::New<Guard<DecoderWorkspaceBytes>>(env, "decoderWorkspaceBytes"));
   exports.Set("decoderForward", Napi::Function::New<Guard<DecoderForward>>(env, "decoderForward"));
+  exports.Set("createDecoderGraphs", Napi::Function::New<Guard<CreateDecoderGraphs>>(env, "createDecoderGraphs"));
+  exports.Set("decoderGraphForward", Napi::Function::New<Guard<DecoderGraphForward>>(env, "decoderGraphForward"));
+  exports.Set("decoderGraphStats", Napi::Function::New<Guard<DecoderGraphStatsOf>>(env, "decoderGraphStats"));
+  exports.Set("decoderGraphsDispose", Napi::Function::New<Guard<DecoderGraphsDispose>>(env, "decoderGraphsDispose"));
 }
 
 }  // namespace pagedllm::addon

@@ -10,7 +10,7 @@
  *
  *   npm run bench:decode                                   # a random 8-layer model, CPU
  *   npm run bench:decode -- --model /models/llama-2-7b --device cuda --batches 1,8,64
- *   options: --prompt 128 --gen 32 --out benchmarks/results/decode-<device>-<date>.json
+ *   options: --prompt 128 --gen 32 --cuda-graphs off,eager,on --out benchmarks/results/decode-<device>-<date>.json
  */
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -25,6 +25,12 @@ async function main(): Promise<void> {
   const batches = arg('batches', '1,8,64').split(',').map(Number);
   const promptLen = Number(arg('prompt', '128'));
   const genLen = Number(arg('gen', '32'));
+  // CUDA graphs, side by side: off (the plain path), eager (the graph runner's padded fixed-buffer
+  // steps op by op) and on (replayed graphs); on minus eager is the launch overhead graphs remove.
+  const graphModes = arg('cuda-graphs', 'off').split(',').map((m) => {
+    if (m !== 'off' && m !== 'eager' && m !== 'on') throw new Error(`--cuda-graphs takes off, eager and on (comma-separated), got ${m}`);
+    return m;
+  });
   let dir = arg('model', '');
   let tmp: string | null = null;
   if (!dir) {
@@ -45,7 +51,7 @@ async function main(): Promise<void> {
     return { ledgerReservedBytes: r.pool?.reserved ?? 0, deviceUsedBytes: gpu ? gpu.totalMemory - gpu.freeMemory : null, upstreamAllocations: r.counts.upstreamAllocations };
   };
   const rows = [];
-  for (const B of batches) {
+  for (const mode of graphModes) for (const B of batches) {
     const steps: EngineStep[] = [];
     // The pool's upstream (driver) allocation count after each step that decodes all B sequences:
     // the steady state that "no driver allocation" is about (prefill chunks before it may grow the pool).
@@ -53,6 +59,7 @@ async function main(): Promise<void> {
     const engine = await Engine.create({
       model: dir, device: device as never, logger: null, maxNumSeqs: B, maxModelLen: promptLen + genLen + 16,
       maxNumBatchedTokens: Math.max(B, Math.min(B * promptLen, 8192)), prefixCaching: false,
+      cudaGraphs: mode === 'on' ? true : mode === 'eager' ? 'eager' : false,
       onStep: (s) => {
         steps.push(s);
         if (s.prefillTokens === 0 && s.decodeTokens === B) upstreamAfterDecodeStep.push(memoryReport(device as DeviceSpec).counts.upstreamAllocations);
@@ -95,7 +102,7 @@ async function main(): Promise<void> {
       const kvBytesPerStep = B * meanContext * kvPerToken;
       const roofline = (B * bw.bytesPerSecond) / (readBytes + kvBytesPerStep);
       rows.push({
-        batch: B, promptTokens: promptLen, generatedTokens: genLen,
+        batch: B, cudaGraphs: mode, promptTokens: promptLen, generatedTokens: genLen,
         prefillTokensPerSecond: Number(prefillTps.toFixed(1)), prefillRooflineFraction: Number((prefillTps / ((Math.min(B * promptLen, engine.maxNumBatchedTokens) * bw.bytesPerSecond) / readBytes)).toFixed(3)),
         decodeTokensPerSecond: Number(decodeTps.toFixed(1)), decodeRooflineTokensPerSecond: Number(roofline.toFixed(1)), decodeRooflineFraction: Number((decodeTps / roofline).toFixed(3)),
         decodeStepMs: Number((decodeMs / decodeSteps.length).toFixed(2)), decodeSteps: decodeSteps.length,
@@ -110,6 +117,7 @@ async function main(): Promise<void> {
           upstreamAllocationsWhileDecoding: decoded.upstreamAllocations - beforeDecode.upstreamAllocations,
           upstreamAllocationsInSteadyDecode: upstreamAfterDecodeStep.length ? upstreamAfterDecodeStep[upstreamAfterDecodeStep.length - 1]! - upstreamAfterDecodeStep[0]! : null,
         },
+        graphStats: mode === 'off' ? null : engine.model.cudaGraphStats(),
       });
       console.log(JSON.stringify(rows[rows.length - 1]));  // each batch as it finishes: a later failure keeps it
     } finally {
@@ -117,7 +125,7 @@ async function main(): Promise<void> {
     }
   }
   console.table(rows.map((r) => ({
-    batch: r.batch, 'prefill tok/s': r.prefillTokensPerSecond, 'decode tok/s': r.decodeTokensPerSecond,
+    batch: r.batch, graphs: r.cudaGraphs, 'prefill tok/s': r.prefillTokensPerSecond, 'decode tok/s': r.decodeTokensPerSecond,
     'decode roofline tok/s': r.decodeRooflineTokensPerSecond, 'of roofline': `${(100 * r.decodeRooflineFraction).toFixed(1)} %`,
     'step ms': r.decodeStepMs, 'loop p99 ms': r.eventLoopDelayP99Ms,
   })));

@@ -77,6 +77,28 @@ MemoryResourcePtr default_memory_resource(Device device) {
   return resource;
 }
 
+namespace {
+thread_local const Stream* t_override_stream = nullptr;
+thread_local WorkspaceOverride* t_override = nullptr;
+}  // namespace
+
+std::pair<const Stream*, WorkspaceOverride*> set_workspace_override(const Stream* stream, WorkspaceOverride* override_) {
+  std::pair<const Stream*, WorkspaceOverride*> previous{t_override_stream, t_override};
+  t_override_stream = stream;
+  t_override = override_;
+  return previous;
+}
+
+void* workspace_allocate(size_t bytes, Stream& stream) {
+  if (t_override != nullptr && t_override_stream == &stream) return t_override->allocate(bytes, stream);
+  return default_memory_resource(stream.device())->allocate(bytes, stream, Category::Workspace);
+}
+
+void workspace_deallocate(void* ptr, size_t bytes, Stream& stream) {
+  if (t_override != nullptr && t_override_stream == &stream) return t_override->deallocate(ptr, bytes, stream);
+  default_memory_resource(stream.device())->deallocate(ptr, bytes, stream, Category::Workspace);
+}
+
 void cpu_memory_info(uint64_t* free_bytes, uint64_t* total_bytes);             // cpu/cpu_info.cpp
 void cuda_memory_info(int device_index, uint64_t* free_bytes, uint64_t* total_bytes);  // cuda/ or cpu/no_cuda.cpp
 

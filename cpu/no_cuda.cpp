@@ -1,5 +1,6 @@
 // Compiled only into builds without CUDA (PAGEDLLM_CUDA=OFF, no nvcc, or the
 // node-gyp build): the CUDA entry points report why they cannot run.
+#include "pagedllm/decoder.h"
 #include "pagedllm/device.h"
 #include "pagedllm/error.h"
 #include "pagedllm/memory_resource.h"
@@ -24,6 +25,9 @@ CudaInfo cuda_info() {
 }
 
 std::shared_ptr<Stream> create_cuda_stream(int) { no_cuda(); }
+std::unique_ptr<DecoderGraphRunner> create_decoder_graph_runner(const DecoderModel&, Stream&, int64_t, int64_t, bool) {
+  no_cuda();
+}
 void sample_tokens_cuda(const SampleArgs&, Stream&) { no_cuda(); }
 MemoryResourcePtr make_cuda_resource(int) { no_cuda(); }
 MemoryResourcePtr make_cuda_async_resource(int, uint64_t) { no_cuda(); }

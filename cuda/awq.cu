@@ -752,14 +752,11 @@ bool tensor_cores_usable(int device) {
 
 // A stream-ordered workspace from the device's default resource, freed (stream-ordered) on scope exit.
 struct Workspace {
-  Workspace(size_t n, Stream& s) : bytes(n), stream(s), resource(default_memory_resource(s.device())) {
-    ptr = resource->allocate(bytes, stream, Category::Workspace);
-  }
-  ~Workspace() { resource->deallocate(ptr, bytes, stream, Category::Workspace); }
+  Workspace(size_t n, Stream& s) : bytes(n), stream(s) { ptr = workspace_allocate(bytes, stream); }
+  ~Workspace() { workspace_deallocate(ptr, bytes, stream); }
   Workspace(const Workspace&) = delete;
   size_t bytes;
   Stream& stream;
-  MemoryResourcePtr resource;
   void* ptr;
 };
 

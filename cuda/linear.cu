@@ -521,18 +521,17 @@ void launch_tensor_core_tiles(const LinearArgs& a, bool aligned, int sms, Stream
   };
   if (splits == 1) return launch(nullptr);
   const size_t bytes = static_cast<size_t>(splits * M * N) * sizeof(float);
-  MemoryResourcePtr resource = default_memory_resource(stream.device());
-  void* workspace = resource->allocate(bytes, stream, Category::Workspace);
+  void* workspace = workspace_allocate(bytes, stream);
   try {
     launch(static_cast<float*>(workspace));
     PAGEDLLM_CUDA_CHECK(cudaGetLastError());
     const int64_t blocks = std::min<int64_t>((M * N + 255) / 256, 8LL * sms);
     split_k_sum_kernel<<<static_cast<unsigned>(blocks), 256, 0, s>>>(a, static_cast<const float*>(workspace), static_cast<int>(splits));
   } catch (...) {
-    resource->deallocate(workspace, bytes, stream, Category::Workspace);
+    workspace_deallocate(workspace, bytes, stream);
     throw;
   }
-  resource->deallocate(workspace, bytes, stream, Category::Workspace);
+  workspace_deallocate(workspace, bytes, stream);
 }
 
 template <typename T>

@@ -1198,8 +1198,7 @@ void launch_partitioned(void (*kernel)(DecodeParams), DecodeParams p, int head_s
   const size_t rows = static_cast<size_t>(a.num_seqs) * p.num_heads * p.num_partitions;
   const size_t partial_bytes = align_up(rows * head_size * sizeof(float)), stat_bytes = align_up(rows * sizeof(float));
   const size_t bytes = partial_bytes + 2 * stat_bytes;
-  MemoryResourcePtr resource = default_memory_resource(stream.device());
-  void* workspace = resource->allocate(bytes, stream, Category::Workspace);
+  void* workspace = workspace_allocate(bytes, stream);
   try {
     p.partial_out = static_cast<float*>(workspace);
     p.max_logits = reinterpret_cast<float*>(static_cast<char*>(workspace) + partial_bytes);
@@ -1214,10 +1213,10 @@ void launch_partitioned(void (*kernel)(DecodeParams), DecodeParams p, int head_s
         p, head_size);
     PAGEDLLM_CUDA_CHECK(cudaGetLastError());
   } catch (...) {
-    resource->deallocate(workspace, bytes, stream, Category::Workspace);
+    workspace_deallocate(workspace, bytes, stream);
     throw;
   }
-  resource->deallocate(workspace, bytes, stream, Category::Workspace);
+  workspace_deallocate(workspace, bytes, stream);
 }
 
 template <int D, KvCacheDType KV>

@@ -73,6 +73,12 @@ export interface EngineOptions {
   prefixCaching?: boolean;
   /** What happens to a sequence when KV blocks run out. Default 'recompute'. */
   preemption?: PreemptionMode;
+  /**
+   * CUDA only: decode steps (one token for each of up to maxNumSeqs sequences) replayed from CUDA
+   * graphs captured per batch and context bucket (Model.enableCudaGraphs); 'eager' runs the same
+   * padded steps op by op, the baseline to measure graphs against. Default false: not yet run on a GPU.
+   */
+  cudaGraphs?: boolean | 'eager';
   /** Host memory for swapped-out KV blocks (preemption 'swap'). Default: as much as the device KV cache, at most 4 GiB. */
   swapSpaceBytes?: number;
   /** Fraction of KV blocks an admission leaves free for running sequences to grow. Default 0.01. */
@@ -408,6 +414,9 @@ export class Engine {
       const kvDtype = options.kvDtype ?? (onCpu ? 'float32' : 'float16');
       const support = pagedAttentionSupports({ device: model.device as DeviceSpec, headSize: c.headDim, blockSize, dtype: model.dtype, kvDtype });
       if (!support.supported) throw new UnsupportedError(`Engine: ${support.reason}`);
+      const cudaGraphs = options.cudaGraphs ?? false;
+      if (cudaGraphs !== false && cudaGraphs !== true && cudaGraphs !== 'eager') throw new InvalidArgumentError(`Engine: cudaGraphs must be true, false or 'eager', got ${JSON.stringify(cudaGraphs)}`);
+      if (cudaGraphs !== false && onCpu) throw new UnsupportedError('Engine: cudaGraphs needs a CUDA device; the model is on cpu');
       const maxModelLen = positiveInt(options.maxModelLen ?? c.maxPositionEmbeddings, 'maxModelLen');
       if (maxModelLen > c.maxPositionEmbeddings) throw new InvalidArgumentError(`Engine: maxModelLen ${maxModelLen} exceeds the model's max_position_embeddings (${c.maxPositionEmbeddings})`);
       const maxNumSeqs = positiveInt(options.maxNumSeqs ?? (onCpu ? 32 : 256), 'maxNumSeqs');
@@ -417,7 +426,7 @@ export class Engine {
       const weightsBytes = memoryReport(model.device as DeviceSpec).categories?.weights.current;
       const modelConfig = c.raw as unknown as ModelConfig;
       const planFor = (budget: MemoryBudget): MemoryPlan => planMemory({
-        modelConfig, deviceMemory: model.device, kvDtype, blockSize, maxModelLen, maxNumSeqs, maxNumBatchedTokens, budget,
+        modelConfig, deviceMemory: model.device, kvDtype, blockSize, maxModelLen, maxNumSeqs, maxNumBatchedTokens, budget, cudaGraphs: cudaGraphs !== false,
         weightsDtype: model.dtype === 'float32' ? 'float32' : undefined,
         measured: weightsBytes ? { weightsBytes, weightsResident: true } : undefined,
       });
@@ -462,11 +471,13 @@ export class Engine {
         enablePrefixCaching: options.prefixCaching ?? true, slidingWindow: c.slidingWindow || undefined,
       });
       const eosIds = tokenizer?.eosTokenIds.slice() ?? [];
+      if (cudaGraphs !== false) model.enableCudaGraphs({ maxBatch: maxNumSeqs, maxBlocksPerSeq: needed, capture: cudaGraphs === true });
       const engine = new Engine({ model, tokenizer, ownsModel, plan, cache, hostCache, hostMemory, blocks, preemption, eosIds, logger, onStep: options.onStep });
       engine.logPlan();
       return engine;
     } catch (error) {
       if (ownsModel) model.dispose();
+      else model.disableCudaGraphs();
       throw error;
     }
   }
@@ -949,6 +960,7 @@ export class Engine {
       this.cache = null;
       this.hostCache = null;
       if (this.ownsModel) this.model.dispose();
+      else this.model.disableCudaGraphs();  // they point into this engine's cache
     };
     // A step in flight still reads the cache: free it after (stream-ordered frees make this safe either way).
     if (this.loop) void this.loop.then(release, release);

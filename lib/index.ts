@@ -83,7 +83,8 @@ export type { EncodeOptions, DecodeOptions, StreamDecoderOptions, TokenizerSourc
 export { makeTestModel, makeTestTokenizer, TEST_MODEL_SPECIAL_IDS } from './test-model';
 export type { TestModel, TestModelOptions, TestModelArch, TestModelDType, TestModelRopeScaling } from './test-model';
 export { Model, parseLlamaConfig } from './model';
-export type { LlamaConfig, ModelArchitecture, ForwardBatch, ForwardOptions, LoadOptions } from './model';
+export type { LlamaConfig, ModelArchitecture, ForwardBatch, ForwardOptions, LoadOptions, CudaGraphOptions } from './model';
+export type { DecoderGraphStats } from './native';
 export {
   AWQ_ORDER,
   AWQ_REVERSE_ORDER,

@@ -21,7 +21,7 @@ import { awqGroupSize, checkAwqTensors, isAwqSkipped, parseAwqConfig, type AwqCo
 import { InvalidArgumentError, ModelFormatError, UnsupportedError } from './errors';
 import { readJsonObject, type JsonObject } from './json-file';
 import { kvDtypeCode, type KvCache } from './kv-cache';
-import { native, type NativeBufferHandle, type NativeDecoderHandle } from './native';
+import { native, type DecoderGraphStats, type NativeBufferHandle, type NativeDecoderGraphsHandle, type NativeDecoderHandle } from './native';
 import { awqLinear, awqRepack, embedding, linear, rmsNorm, rope, ropeInvFreq, siluMul, type AwqWeight, type LinearOptions, type RopeConfig } from './ops';
 import { dtypeToSafetensors, SafetensorsCheckpoint, type LoadProgress } from './safetensors';
 import { type Stream } from './stream';
@@ -145,6 +145,16 @@ export interface ForwardBatch {
 }
 
 /** Options of one forward step. */
+/** Model.enableCudaGraphs's options. */
+export interface CudaGraphOptions {
+  /** The most sequences a graph step decodes (the Engine's maxNumSeqs). */
+  maxBatch: number;
+  /** Block-table width of the fixed buffers: ceil(maxModelLen / blockSize). */
+  maxBlocksPerSeq: number;
+  /** Capture and replay graphs (default); false: the same padded steps op by op (a baseline). */
+  capture?: boolean;
+}
+
 export interface ForwardOptions {
   /**
    * Called with the input of every linear layer as the step reaches it, by module name
@@ -187,6 +197,9 @@ export class Model {
   private readonly invFreq: Float32Array;
   // The native decoder (built at the first native forward) and what it was built with.
   private decoder: { handle: NativeDecoderHandle; invFreq: Tensor; synced: Set<Stream> } | null = null;
+  // Decode steps through CUDA graphs (enableCudaGraphs), per stream.
+  private graphOptions: CudaGraphOptions | null = null;
+  private readonly graphs = new Map<Stream, NativeDecoderGraphsHandle>();
 
   private constructor(config: LlamaConfig, weights: Map<string, Tensor>, dtype: DType, file: string) {
     this.config = config;
@@ -362,6 +375,38 @@ export class Model {
     }
   }
 
+  /**
+   * Runs later decode steps on CUDA through graphs (include/pagedllm/decoder.h, DecoderGraphRunner):
+   * a forward() that decodes one token for each of at most `maxBatch` sequences (all logit rows, or
+   * none named) copies its inputs into fixed buffers padded to a batch bucket and replays the graph
+   * captured for its batch and context buckets; anything else runs as before. `capture: false` runs
+   * the same padded steps op by op (the baseline graphs are measured and tested against). The
+   * buffers (activations, workspace) come from the device's pool when the first such step runs.
+   * Not yet run on a GPU (2026-12-04): opt-in.
+   */
+  enableCudaGraphs(options: CudaGraphOptions): void {
+    if (!this.weights) throw new InvalidArgumentError('Model has been disposed');
+    if (this.device === 'cpu') throw new UnsupportedError('enableCudaGraphs: CUDA graphs need a CUDA device; the model is on cpu');
+    for (const [k, v] of [['maxBatch', options.maxBatch], ['maxBlocksPerSeq', options.maxBlocksPerSeq]] as const) {
+      if (!Number.isInteger(v) || v < 1) throw new InvalidArgumentError(`enableCudaGraphs: ${k} must be a positive integer, got ${String(v)}`);
+    }
+    if (options.maxBatch > 65535) throw new InvalidArgumentError(`enableCudaGraphs: maxBatch ${options.maxBatch} exceeds 65535`);
+    this.disableCudaGraphs();
+    this.graphOptions = { maxBatch: options.maxBatch, maxBlocksPerSeq: options.maxBlocksPerSeq, capture: options.capture ?? true };
+  }
+
+  /** Drops the graphs and their buffers (stream-ordered); later steps run op by op. */
+  disableCudaGraphs(): void {
+    for (const g of this.graphs.values()) native().decoderGraphsDispose(g);
+    this.graphs.clear();
+    this.graphOptions = null;
+  }
+
+  /** What the CUDA graphs did on each stream (empty without enableCudaGraphs). */
+  cudaGraphStats(): DecoderGraphStats[] {
+    return [...this.graphs.values()].map((g) => native().decoderGraphStats(g));
+  }
+
   /** forward() through the native decoder: the same ops, issued by one native call. */
   private forwardNative(cache: KvCache, batch: ForwardBatch, rows: Int32Array | null): Tensor {
     const c = this.config;
@@ -370,6 +415,7 @@ export class Model {
     const decoder = this.nativeDecoder(stream);
     const opts = { stream };
     const temps: Array<{ dispose(): void }> = [];
+    const g = this.graphOptions;
     try {
       // ids, positions, slots and logit rows in one upload.
       const R = rows ? rows.length : T;
@@ -383,8 +429,11 @@ export class Model {
       const meta = uploadAttentionMetadata(cache, T, { blockTables: batch.blockTables, seqLens: batch.seqLens, cuSeqLensQ: batch.cuSeqLensQ, slidingWindow: c.slidingWindow });
       temps.push(meta);
       const [numSeqs, maxBlocksPerSeq] = meta.blockTables.shape as [number, number];
-      const workspace = Tensor.empty([native().decoderWorkspaceBytes(decoder, T, R)], { dtype: 'uint8', stream, category: 'activations' });
-      temps.push(workspace);
+      // A graph step decodes one token per sequence, in order, and samples every row.
+      const graphStep = g !== null && T > 0 && T <= g.maxBatch && numSeqs === T && maxBlocksPerSeq <= g.maxBlocksPerSeq &&
+        meta.maxQueryLen <= 1 && (rows === null || (rows.length === T && rows.every((r, i) => r === i)));
+      const workspace = graphStep ? null : Tensor.empty([native().decoderWorkspaceBytes(decoder, T, R)], { dtype: 'uint8', stream, category: 'activations' });
+      if (workspace) temps.push(workspace);
       const logits = Tensor.empty([R, c.vocabSize], { dtype: 'float32', stream, category: 'activations' });
       try {
         const [h, off] = ints.nativeRegion();
@@ -392,11 +441,20 @@ export class Model {
         const optional = (t: Tensor | undefined | null): [NativeBufferHandle | null, number] => (t ? t.nativeRegion() : [null, 0]);
         const cacheRegions: Array<NativeBufferHandle | number | null> = [];
         for (const l of cache.layers) cacheRegions.push(...l.key.nativeRegion(), ...l.value.nativeRegion(), ...optional(l.keyScales), ...optional(l.valueScales));
+        const shape = { numBlocks: cache.numBlocks, numKvHeads: cache.numKvHeads, blockSize: cache.blockSize, headSize: cache.headSize };
+        if (graphStep) {
+          // One token per sequence in order: the runner takes no cu_seqlens and all rows.
+          native().decoderGraphForward(
+            this.graphsFor(stream, decoder), decoder, stream.handle, T, numSeqs, maxBlocksPerSeq, meta.maxSeqLen, 1, T, kvDtypeCode(cache.kvDtype), shape,
+            ...at(0), ...at(T), ...at(2 * T), ...meta.blockTables.nativeRegion(), ...meta.seqLens.nativeRegion(), null, 0,
+            null, 0, null, 0, ...logits.nativeRegion(), ...cacheRegions,
+          );
+          return logits;
+        }
         native().decoderForward(
-          decoder, stream.handle, T, numSeqs, maxBlocksPerSeq, meta.maxSeqLen, meta.maxQueryLen, R, kvDtypeCode(cache.kvDtype),
-          { numBlocks: cache.numBlocks, numKvHeads: cache.numKvHeads, blockSize: cache.blockSize, headSize: cache.headSize },
+          decoder, stream.handle, T, numSeqs, maxBlocksPerSeq, meta.maxSeqLen, meta.maxQueryLen, R, kvDtypeCode(cache.kvDtype), shape,
           ...at(0), ...at(T), ...at(2 * T), ...meta.blockTables.nativeRegion(), ...meta.seqLens.nativeRegion(), ...optional(meta.cuSeqLensQ),
-          ...(rows ? at(3 * T) : [null, 0]), ...workspace.nativeRegion(), ...logits.nativeRegion(), ...cacheRegions,
+          ...(rows ? at(3 * T) : [null, 0]), ...workspace!.nativeRegion(), ...logits.nativeRegion(), ...cacheRegions,
         );
       } catch (error) {
         logits.dispose();
@@ -406,6 +464,17 @@ export class Model {
     } finally {
       for (const t of temps) t.dispose();  // stream-ordered: freed after the step
     }
+  }
+
+  /** This stream's graph runner (created at its first graph step). */
+  private graphsFor(stream: Stream, decoder: NativeDecoderHandle): NativeDecoderGraphsHandle {
+    let g = this.graphs.get(stream);
+    if (!g) {
+      const o = this.graphOptions!;
+      g = native().createDecoderGraphs(decoder, stream.handle, o.maxBatch, o.maxBlocksPerSeq, o.capture ?? true);
+      this.graphs.set(stream, g);
+    }
+    return g;
   }
 
   /** The native decoder over this model's weights, ordered after their streams on `stream`. */
@@ -456,6 +525,7 @@ export class Model {
 
   dispose(): void {
     if (!this.weights) return;
+    this.disableCudaGraphs();  // its buffers first, and the graphs that point at the weights
     if (this.decoder) {
       // Weights are freed in their own streams' order: after the steps other streams ran on them.
       const streams = new Set<Stream>();

@@ -18,6 +18,17 @@ export type NativeStreamHandle = { readonly [handleBrand]: 'stream' };
 export type NativeEventHandle = { readonly [handleBrand]: 'event' };
 export type NativeMemoryResourceHandle = { readonly [handleBrand]: 'memory-resource' };
 export type NativeDecoderHandle = { readonly [handleBrand]: 'decoder' };
+export type NativeDecoderGraphsHandle = { readonly [handleBrand]: 'decoder-graphs' };
+/** What a decoder-graph runner did (cuda/decoder_graph.cpp). */
+export interface DecoderGraphStats {
+  captures: number;
+  replays: number;
+  eagerSteps: number;
+  failures: number;
+  graphs: number;
+  bufferBytes: number;
+  arenaBytes: number;
+}
 
 export interface NativeCpuInfo {
   logicalCores: number;
@@ -219,6 +230,11 @@ export interface NativeBinding {
   decoderSetLayer(decoder: NativeDecoderHandle, stream: NativeStreamHandle, ...args: Array<number | NativeBufferHandle | null>): void;
   decoderWorkspaceBytes(decoder: NativeDecoderHandle, numTokens: number, numLogitRows: number): number;
   decoderForward(decoder: NativeDecoderHandle, stream: NativeStreamHandle, ...args: Array<number | object | NativeBufferHandle | null>): void;
+  /** Decode steps replayed from CUDA graphs (DecoderGraphRunner in include/pagedllm/decoder.h). */
+  createDecoderGraphs(decoder: NativeDecoderHandle, stream: NativeStreamHandle, maxBatch: number, maxBlocksPerSeq: number, capture: boolean): NativeDecoderGraphsHandle;
+  decoderGraphForward(graphs: NativeDecoderGraphsHandle, decoder: NativeDecoderHandle, stream: NativeStreamHandle, ...args: Array<number | object | NativeBufferHandle | null>): void;
+  decoderGraphStats(graphs: NativeDecoderGraphsHandle): DecoderGraphStats;
+  decoderGraphsDispose(graphs: NativeDecoderGraphsHandle): void;
 
   defaultMemoryResource(kind: NativeDeviceKind, index: number): NativeMemoryResourceHandle;
   createMemoryResource(

@@ -75,6 +75,12 @@ export interface PlanOptions {
   maxNumBatchedTokens?: number;
   budget: MemoryBudget;
   /**
+   * Decode steps replayed from CUDA graphs (the Engine's cudaGraphs): their fixed buffers — a
+   * decode step's activations and logits for maxNumSeqs sequences, and the block table — and their
+   * workspace arena are held beside the per-step ones, so the estimates count them too.
+   */
+  cudaGraphs?: boolean;
+  /**
    * Measured figures replacing the estimates (what an engine's profiling step
    * found, as vLLM measures non-KV memory), in bytes.
    */
@@ -275,6 +281,11 @@ export function planMemory(options: PlanOptions): MemoryPlan {
     value === undefined ? estimate() : value === 0 ? 0 : positiveInteger(value, `measured.${name}`);
   const weightsBytes = measuredBytes(measured.weightsBytes, 'weightsBytes', () => estimateWeightsBytes(config, options.weightsDtype ?? defaultWeightsDtype(config)));
   const estimates = estimateActivationBytes(config, { maxNumBatchedTokens, maxNumSeqs, maxModelLen });
+  if (options.cudaGraphs === true) {
+    const graphs = estimateActivationBytes(config, { maxNumBatchedTokens: maxNumSeqs, maxNumSeqs, maxModelLen });
+    estimates.activationBytes += graphs.activationBytes + maxNumSeqs * Math.ceil(maxModelLen / blockSize) * 4;
+    estimates.workspaceBytes += graphs.workspaceBytes;
+  }
   const activationBytes = measuredBytes(measured.activationBytes, 'activationBytes', () => estimates.activationBytes);
   const workspaceBytes = measuredBytes(measured.workspaceBytes, 'workspaceBytes', () => estimates.workspaceBytes);
   const bytesPerToken = kvBytesPerToken(config, kvDtype);

@@ -74,9 +74,10 @@ fi
 want allocators && TAILN=20 step allocators 60 node build-bench/allocators.bench.js
 if want e2e; then
   step make-model 90 python3 benchmarks/make_gpu_model.py --out /tmp/m7b --layers $LAYERS --awq /tmp/m7b-awq
-  for m in m7b m7b-awq; do
-    TAILN=14 step decode-$m 90 node build-bench/decode.bench.js --model /tmp/$m --device cuda --batches 1,64 --prompt 512 --gen 64 --out $R/decode-$m.json
-  done
+  # fp16: plain steps, the graph runner's padded steps op by op, and replayed CUDA graphs, side by side.
+  TAILN=14 step decode-m7b 120 node build-bench/decode.bench.js --model /tmp/m7b --device cuda --batches 1,64 --prompt 512 --gen 64 \
+    --cuda-graphs off,eager,on --out $R/decode-m7b.json
+  TAILN=14 step decode-m7b-awq 90 node build-bench/decode.bench.js --model /tmp/m7b-awq --device cuda --batches 1,64 --prompt 512 --gen 64 --out $R/decode-m7b-awq.json
 fi
 want hfgen && [ -d /tmp/m7b ] && TAILN=4 step hf-generate 90 python3 benchmarks/hf_generate_bench.py --model /tmp/m7b --batches 1,64 --prompt 512 --gen 64
 
@@ -92,7 +93,7 @@ if [ $t -gt 20 ]; then
   if want sanitize && command -v compute-sanitizer >/dev/null; then
     D="cuda_attention_decode"
     A="cuda_attention_prefill cuda_awq"
-    B="cuda_linear cuda_sample cuda_cache cuda_swap cuda_embedding cuda_rms cuda_rope cuda_silu cuda_upload cuda_cast cuda_fill cuda_copy cuda_stream"
+    B="cuda_linear cuda_sample cuda_cache cuda_swap cuda_embedding cuda_rms cuda_rope cuda_silu cuda_upload cuda_cast cuda_fill cuda_copy cuda_stream cuda_decoder_graph"
     M="/cuda (cuda)"
     for tool in memcheck racecheck initcheck synccheck; do
       bg san-$tool-decode compute-sanitizer --tool $tool --error-exitcode 99 build/pagedllm_tests $D

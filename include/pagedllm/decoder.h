@@ -12,6 +12,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 #include "pagedllm/awq.h"
@@ -93,5 +94,45 @@ size_t decoder_workspace_bytes(const DecoderModel& model, int64_t num_tokens, in
 // the step is one task that runs them on the stream's worker: an argument an op rejects then
 // surfaces as the stream's failure (at the next synchronize or download), not as a throw here.
 void decoder_forward(const DecoderModel& model, const DecoderStep& step, Stream& stream);
+
+}  // namespace pagedllm
+
+namespace pagedllm {
+
+// Decode steps replayed from CUDA graphs (issue 9): one runner per (model, stream), created by the
+// caller that owns the weights and freed before them. forward() takes a pure decode step (one token
+// per sequence in order: cu_seqlens_q and logit_rows null, num_tokens == num_seqs ≤ max_batch,
+// max_blocks_per_seq ≤ the runner's) and:
+//  1. copies its inputs into the runner's fixed buffers, padded to a batch bucket B (a power of two,
+//     or max_batch): pad rows get token 0, slot −1 (no KV write) and seq_len 0 (zeros out);
+//  2. launches the graph captured for (B, L), L the context bucket (a power of two ≥ 256 and ≥ the
+//     step's max_seq_len, capped by the block table): attention is launched for contexts up to L, so
+//     one graph serves every step until a sequence outgrows it. A new key first runs eagerly (the
+//     step's result) and is then captured;
+//  3. copies the logits rows out to step.logits.
+// The ops' temporary workspace (split-K partials, dequantized AWQ weights) comes, while capturing,
+// from the runner's arena — one block of the pool sized by the eager run's peak, kept for the
+// graphs' lifetime — instead of the pool, whose freed blocks a later owner could hold while a graph
+// replays. Buffers and arena are pool memory (activations, workspace): counted like any other.
+// A key whose capture fails runs eagerly from then on (reported in stats). Results are the eager
+// step's on the padded batch: the same kernels with the same launch parameters.
+struct DecoderGraphStats {
+  int64_t captures = 0, replays = 0, eager_steps = 0, failures = 0, graphs = 0;
+  size_t buffer_bytes = 0, arena_bytes = 0;
+};
+
+class DecoderGraphRunner {
+ public:
+  virtual ~DecoderGraphRunner() = default;
+  virtual void forward(const DecoderStep& step) = 0;
+  virtual DecoderGraphStats stats() const = 0;
+};
+
+// Throws Unsupported on a CPU stream or a build without CUDA. capture false: every step runs
+// eagerly on the padded buffers (the same work, launched op by op: the baseline graphs are measured
+// against, and the reference their tests compare with bit for bit).
+std::unique_ptr<DecoderGraphRunner> create_decoder_graph_runner(const DecoderModel& model, Stream& stream,
+                                                                int64_t max_batch, int64_t max_blocks_per_seq,
+                                                                bool capture = true);
 
 }  // namespace pagedllm

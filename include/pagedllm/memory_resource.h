@@ -22,6 +22,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <utility>
 
 #include "pagedllm/device.h"
 #include "pagedllm/error.h"
@@ -146,6 +147,24 @@ MemoryResourcePtr make_limit_adaptor(MemoryResourcePtr upstream, uint64_t limit_
 // The resource tensors of `device` use unless given another:
 // tracking(pool(host)) on the CPU, tracking(pool(cuda)) on a GPU. Process-wide.
 MemoryResourcePtr default_memory_resource(Device device);
+
+// An op's temporary workspace on `stream` (split-K partials, dequantized weights), category
+// workspace: from default_memory_resource(stream.device()), except while a CUDA graph of a decode
+// step is being captured on this thread (cuda/decoder_graph.cpp), when it comes from the graph
+// runner's arena. Freed in reverse order of allocation, stream-ordered as usual.
+void* workspace_allocate(size_t bytes, Stream& stream);
+void workspace_deallocate(void* ptr, size_t bytes, Stream& stream);
+
+// What workspace_allocate uses instead of the pool for one stream on the calling thread while it
+// is installed (the decoder graph runner, around an eager step and a capture). Returns the override
+// it replaces. Not for general use.
+class WorkspaceOverride {
+ public:
+  virtual ~WorkspaceOverride() = default;
+  virtual void* allocate(size_t bytes, Stream& stream) = 0;
+  virtual void deallocate(void* ptr, size_t bytes, Stream& stream) = 0;
+};
+std::pair<const Stream*, WorkspaceOverride*> set_workspace_override(const Stream* stream, WorkspaceOverride* override_);
 
 // "1.50 GiB", "256 B": for messages.
 std::string format_bytes(uint64_t bytes);
