@@ -692,16 +692,6 @@ __global__ void __launch_bounds__(kThreads) awq_dequantize_transposed_kernel(Awq
 
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
-int multiprocessors(int device) {
-  static std::atomic<int> cached[64];
-  if (device >= 0 && device < 64 && cached[device].load(std::memory_order_relaxed))
-    return cached[device].load(std::memory_order_relaxed);
-  int count = 0;
-  PAGEDLLM_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  if (device >= 0 && device < 64) cached[device].store(count, std::memory_order_relaxed);
-  return count;
-}
-
 // Whether the tensor-core kernel runs as sm_80+ code on `device` (not compute_75 PTX JIT-compiled
 // with an empty body). Cached per device.
 bool tensor_cores_usable(int device) {
@@ -908,6 +898,7 @@ void awq_linear_cuda(const AwqLinearArgs& a, Stream& stream, AwqCudaKernel kerne
   cuda.activate();
   cudaStream_t s = cuda.handle();
   const int device = cuda.device().index;
+  const int sms = device_attribute<cudaDevAttrMultiProcessorCount>(device);
   const bool sixteen_bit = a.x_dtype == DType::Float16 || a.x_dtype == DType::BFloat16;
   if (kernel == AwqCudaKernel::Auto) {
     if (a.num_tokens <= kGemvMaxRows) kernel = gemv2_chosen() ? AwqCudaKernel::Gemv : AwqCudaKernel::GemvLegacy;
@@ -917,9 +908,9 @@ void awq_linear_cuda(const AwqLinearArgs& a, Stream& stream, AwqCudaKernel kerne
   }
   switch (kernel) {
     case AwqCudaKernel::Gemv:
-      if (!run_gemv2(a, stream, multiprocessors(device), s)) run_gemv(a, stream, multiprocessors(device), s);
+      if (!run_gemv2(a, stream, sms, s)) run_gemv(a, stream, sms, s);
       break;
-    case AwqCudaKernel::GemvLegacy: run_gemv(a, stream, multiprocessors(device), s); break;
+    case AwqCudaKernel::GemvLegacy: run_gemv(a, stream, sms, s); break;
     case AwqCudaKernel::TensorCore:
       PAGEDLLM_CHECK(sixteen_bit && tensor_cores_usable(device), Unsupported,
                      "awq_linear: the tensor-core kernel needs sm_80+ code and float16/bfloat16 x");

@@ -3,6 +3,7 @@
 
 #include <cuda_runtime_api.h>
 
+#include <atomic>
 #include <memory>
 
 #include "pagedllm/error.h"
@@ -48,5 +49,20 @@ class CudaStream final : public Stream {
 };
 
 CudaStream& as_cuda_stream(Stream& stream);
+
+// cudaDeviceGetAttribute(A, device), read once per device (devices 0-63; any other, every time).
+template <cudaDeviceAttr A>
+int device_attribute(int device) {
+  static std::atomic<int> cached[64];
+  const bool cacheable = device >= 0 && device < 64;
+  if (cacheable) {
+    const int known = cached[device].load(std::memory_order_relaxed);
+    if (known) return known;
+  }
+  int value = 0;
+  PAGEDLLM_CUDA_CHECK(cudaDeviceGetAttribute(&value, A, device));
+  if (cacheable) cached[device].store(value, std::memory_order_relaxed);
+  return value;
+}
 
 }  // namespace pagedllm

@@ -380,16 +380,6 @@ bool tensor_cores_usable(int device) {
   return usable;
 }
 
-int multiprocessors(int device) {
-  static std::atomic<int> cached[64];
-  if (device >= 0 && device < 64 && cached[device].load(std::memory_order_relaxed))
-    return cached[device].load(std::memory_order_relaxed);
-  int count = 0;
-  PAGEDLLM_CUDA_CHECK(cudaDeviceGetAttribute(&count, cudaDevAttrMultiProcessorCount, device));
-  if (device >= 0 && device < 64) cached[device].store(count, std::memory_order_relaxed);
-  return count;
-}
-
 bool aligned16(const void* p) { return reinterpret_cast<uintptr_t>(p) % 16 == 0; }
 
 template <typename W, typename X, int WPR>
@@ -425,16 +415,6 @@ void launch_simt(const LinearArgs& a, cudaStream_t s) {
     case DType::BFloat16: gemm_simt_kernel<X, bfloat16_t><<<grid, 256, 0, s>>>(a); break;
     default: gemm_simt_kernel<X, float><<<grid, 256, 0, s>>>(a); break;
   }
-}
-
-int smem_per_multiprocessor(int device) {
-  static std::atomic<int> cached[64];
-  if (device >= 0 && device < 64 && cached[device].load(std::memory_order_relaxed))
-    return cached[device].load(std::memory_order_relaxed);
-  int bytes = 0;
-  PAGEDLLM_CUDA_CHECK(cudaDeviceGetAttribute(&bytes, cudaDevAttrMaxSharedMemoryPerMultiprocessor, device));
-  if (device >= 0 && device < 64) cached[device].store(bytes, std::memory_order_relaxed);
-  return bytes;
 }
 
 // Raises `kernel`'s dynamic shared-memory limit to `bytes`, once per (kernel, device).
@@ -480,7 +460,7 @@ void launch_tensor_core_tiles(const LinearArgs& a, bool aligned, int sms, Stream
   auto launch = [&](float* partial) {
     if (!aligned) return launch_tensor_core_kernel<T, MT, NT, false, 2>(a, grid, partial, k_split, device, s);
     // Four stages where an SM has the shared memory for two such CTAs (sm_80, sm_90), else three.
-    if (smem_per_multiprocessor(device) >= 2 * tensor_core_smem<MT, NT, 4>() + 2048)
+    if (device_attribute<cudaDevAttrMaxSharedMemoryPerMultiprocessor>(device) >= 2 * tensor_core_smem<MT, NT, 4>() + 2048)
       return launch_tensor_core_kernel<T, MT, NT, true, 4>(a, grid, partial, k_split, device, s);
     launch_tensor_core_kernel<T, MT, NT, true, 3>(a, grid, partial, k_split, device, s);
   };
@@ -520,7 +500,7 @@ void linear_cuda(const LinearArgs& a, Stream& stream) {
   cudaStream_t s = cuda.handle();
   const int device = cuda.device().index;
   const bool aligned = a.in_features % 8 == 0 && a.x_stride % 8 == 0 && aligned16(a.x) && aligned16(a.weight);
-  const int sms = multiprocessors(device);
+  const int sms = device_attribute<cudaDevAttrMultiProcessorCount>(device);
   if (a.num_tokens <= 8) {
     auto with_x = [&](auto w_tag) {
       using W = decltype(w_tag);

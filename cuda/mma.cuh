@@ -1,13 +1,15 @@
 // The sm_80 instructions the tensor-core kernels share (cuda/linear.cu, cuda/awq.cu,
 // cuda/paged_attention_prefill.cu, cuda/paged_attention_decode.cu): shared-memory addresses,
-// cp.async of 16 bytes, ldmatrix and mma.sync m16n8k16 with float32 accumulators. Everything but
-// smem_u32 exists only when compiling for sm_80 or newer; callers guard their use the same way.
+// cp.async of 16 bytes, ldmatrix, mma.sync m16n8k16 with float32 accumulators, and packing two
+// floats into a 16-bit pair. All but smem_u32 and pack2 exist only when compiling for sm_80 or
+// newer; callers guard their use the same way.
 #pragma once
 
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <cstring>
 #include <type_traits>
 
 #include "pagedllm/convert.h"
@@ -16,6 +18,20 @@ namespace pagedllm::tc {
 
 [[maybe_unused]] __device__ __forceinline__ uint32_t smem_u32(const void* p) {
   return static_cast<uint32_t>(__cvta_generic_to_shared(p));
+}
+
+// Two floats packed as one 32-bit pair of T (low half first), T = __half or __nv_bfloat16.
+template <typename T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
+  uint32_t u;
+  if constexpr (std::is_same_v<T, __half>) {
+    const __half2 h = __floats2half2_rn(lo, hi);
+    memcpy(&u, &h, 4);
+  } else {
+    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+    memcpy(&u, &h, 4);
+  }
+  return u;
 }
 
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800

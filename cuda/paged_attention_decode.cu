@@ -678,24 +678,8 @@ __host__ __device__ inline TcSmem tc_smem(int stages) {
   return s;
 }
 
-using namespace tc;  // ldmatrix, mma.sync: cuda/mma.cuh
+using namespace tc;  // ldmatrix, mma.sync, pack2: cuda/mma.cuh
 
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
-
-// Two floats as one 32-bit pair of T (low half first).
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  uint32_t u;
-  if constexpr (std::is_same_v<T, __half>) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    memcpy(&u, &h, 4);
-  } else {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    memcpy(&u, &h, 4);
-  }
-  return u;
-}
-#endif
 
 // Grid (num_kv_heads · head_chunks, num_seqs, num_partitions), kThreads threads,
 // tc_smem<D>(stages).total bytes of dynamic shared memory. T: __half or __nv_bfloat16, the dtype of

@@ -65,6 +65,8 @@
 namespace pagedllm {
 namespace {
 
+using namespace tc;  // smem_u32, ldmatrix, mma.sync, pack2: cuda/mma.cuh
+
 constexpr float kLog2e = 1.4426950408889634f;
 constexpr int kThreads = 128;  // 4 warps per CTA on both paths
 
@@ -209,19 +211,6 @@ __device__ __forceinline__ void load8(const void* cache, int64_t at, float scale
   }
 }
 
-// Two floats packed as one 32-bit pair of T (low half first), T = __half or __nv_bfloat16.
-template <typename T>
-__device__ __forceinline__ uint32_t pack2(float lo, float hi) {
-  uint32_t u;
-  if constexpr (std::is_same_v<T, __half>) {
-    const __half2 h = __floats2half2_rn(lo, hi);
-    memcpy(&u, &h, 4);
-  } else {
-    const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
-    memcpy(&u, &h, 4);
-  }
-  return u;
-}
 
 template <typename T>
 __device__ __forceinline__ T from_float_t(float v) {
@@ -269,8 +258,6 @@ __device__ __forceinline__ void store_out(void* out, DType dtype, int64_t i, flo
 
 // ---- device helpers: sm_80 instructions -------------------------------------------------------
 // (Only the tensor-core kernel uses these; [[maybe_unused]] for the sm_75 pass, where its body is empty.)
-
-using namespace tc;  // smem_u32, ldmatrix, mma.sync: cuda/mma.cuh
 
 [[maybe_unused]] __device__ __forceinline__ void cp_async16(void* smem, const void* gmem) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 800
