@@ -94,15 +94,15 @@ void run_gemv(const std::vector<LinearArgs>& ops, const Kernels& kern) {
     for (int64_t n0 = 0; n0 < ops[i].out_features; n0 += grain)
       tasks.push_back({static_cast<int>(i), n0, std::min(ops[i].out_features, n0 + grain), 0, M});
   const Task* const task = tasks.data();
-  pool.parallel_for(static_cast<int64_t>(tasks.size()), 1, [&](int64_t begin, int64_t end) {
+  // Consecutive tasks are consecutive rows (of one op, or the next op's first): parallel_ranges
+  // gives each thread one stretch of them, read as one stream.
+  pool.parallel_ranges(static_cast<int64_t>(tasks.size()), [&](int64_t t) {
     thread_local std::vector<float> c;
-    for (int64_t t = begin; t < end; ++t) {
-      const LinearArgs& a = ops[task[t].op];
-      const int64_t n0 = task[t].n0, n1 = task[t].n1;
-      c.resize(M * (n1 - n0));
-      kern.gemv(linear_kernels::GemvJob{x, M, a.weight, a.weight_dtype, K, n0, n1, c.data(), n1 - n0});
-      out_of(a).store_tile(c.data(), n1 - n0, 0, M, n0, n1 - n0);
-    }
+    const LinearArgs& a = ops[task[t].op];
+    const int64_t n0 = task[t].n0, n1 = task[t].n1;
+    c.resize(M * (n1 - n0));
+    kern.gemv(linear_kernels::GemvJob{x, M, a.weight, a.weight_dtype, K, n0, n1, c.data(), n1 - n0});
+    out_of(a).store_tile(c.data(), n1 - n0, 0, M, n0, n1 - n0);
   });
 }
 

@@ -4,7 +4,7 @@
 // Waiting spins before it sleeps (spin_until): a decode step is a hundred or so
 // parallel_for calls microseconds apart, and waking a thread through a futex
 // costs tens of microseconds on a VM, as much as a small GEMV. Idle workers
-// spin for PAGEDLLM_SPIN_US (default 200 µs) after their last job, then sleep
+// spin (yielding their core between polls) for PAGEDLLM_SPIN_US (default 1 ms) after their last job, then sleep
 // on a condition variable; a caller queues a job and notifies only when some
 // worker sleeps, and spins for its job's last chunk before it sleeps too.
 #include "thread_pool.h"
@@ -111,7 +111,7 @@ struct ThreadPool::Impl {
 int spin_microseconds() {
   static const int us = [] {
     const char* env = std::getenv("PAGEDLLM_SPIN_US");
-    const int v = env && *env ? std::atoi(env) : 200;
+    const int v = env && *env ? std::atoi(env) : 1000;
     return v < 0 ? 0 : v > 100000 ? 100000 : v;
   }();
   return us;
@@ -188,6 +188,49 @@ void ThreadPool::parallel_for(int64_t n, int64_t grain, const std::function<void
       }
   }
   if (job->error) std::rethrow_exception(job->error);
+}
+
+void ThreadPool::parallel_ranges(int64_t n, const std::function<void(int64_t)>& fn) {
+  if (n <= 0) return;
+  const int64_t parts = std::min<int64_t>(size(), n);
+  if (parts == 1 || n >= (int64_t(1) << 31)) {
+    for (int64_t i = 0; i < n; ++i) fn(i);
+    return;
+  }
+  // Range p: items [front, back), packed as front << 32 | back so that one compare-and-swap takes
+  // an item from either end. One cache line each: the owners update them on every item.
+  struct alignas(64) Range {
+    std::atomic<uint64_t> ends;
+  };
+  std::unique_ptr<Range[]> ranges(new Range[parts]);
+  for (int64_t p = 0; p < parts; ++p)
+    ranges[p].ends.store(static_cast<uint64_t>(n * p / parts) << 32 | static_cast<uint64_t>(n * (p + 1) / parts), std::memory_order_relaxed);
+  auto take = [&](int64_t p, bool from_front) -> int64_t {
+    std::atomic<uint64_t>& ends = ranges[p].ends;
+    uint64_t v = ends.load(std::memory_order_relaxed);
+    for (;;) {
+      const uint64_t front = v >> 32, back = v & 0xFFFFFFFFu;
+      if (front >= back) return -1;
+      const uint64_t next = from_front ? (front + 1) << 32 | back : front << 32 | (back - 1);
+      if (ends.compare_exchange_weak(v, next, std::memory_order_relaxed)) return static_cast<int64_t>(from_front ? front : back - 1);
+    }
+  };
+  parallel_for(parts, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      for (int64_t i; (i = take(p, true)) >= 0;) fn(i);
+      for (;;) {  // steal from the back of the range with most left
+        int64_t victim = -1;
+        uint64_t most = 0;
+        for (int64_t q = 0; q < parts; ++q) {
+          const uint64_t v = ranges[q].ends.load(std::memory_order_relaxed), front = v >> 32, back = v & 0xFFFFFFFFu;
+          if (back > front && back - front > most) most = back - front, victim = q;
+        }
+        if (victim < 0) break;
+        const int64_t i = take(victim, false);
+        if (i >= 0) fn(i);
+      }
+    }
+  });
 }
 
 }  // namespace pagedllm

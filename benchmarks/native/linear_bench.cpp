@@ -3,7 +3,7 @@
 // int4 linear (include/pagedllm/awq.h, group size 128) at M = 1, 8, 128 on K × N = 4096 × 4096 and
 // 4096 × 11008, each beside the float16 linear of the same shape.
 //
-//   pagedllm_bench_linear [--device cpu|cuda] [--reps N] [--n N] [--k K] [--only dense|awq] [--awq-m 1,8,128] [--paths avx512,avx2,portable]
+//   pagedllm_bench_linear [--device cpu|cuda] [--reps N] [--n N] [--k K] [--only dense|awq] [--awq-m 1,8,128] [--paths avx512,avx2,portable] [--calls N] [--hot]
 //   (--n/--k: one shape for both parts instead of the defaults; --paths: the CPU SIMD paths to run,
 //   by default every one this CPU has, widest first)
 //
@@ -55,6 +55,11 @@ struct AwqRow {
   double seconds, bytes;
 };
 
+// --calls: calls queued back to back per timing (CPU), as a decode step issues them; --hot: one copy
+// of each weight (it stays in the caches where it fits: the kernels' compute ceiling, not a roofline).
+int g_calls = 1;
+bool g_hot = false;
+
 // Median seconds of `reps` calls of run(r) (after 2 warm-ups), timed with CUDA events or the clock.
 template <typename F>
 double time_calls(const std::shared_ptr<Stream>& stream, int reps, F&& run) {
@@ -79,9 +84,9 @@ double time_calls(const std::shared_ptr<Stream>& stream, int reps, F&& run) {
     }
 #endif
     const auto t0 = std::chrono::steady_clock::now();
-    run(r);
+    for (int c = 0; c < g_calls; ++c) run(r * g_calls + c);
     stream->synchronize();
-    if (r >= 2) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
+    if (r >= 2) times.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() / g_calls);
   }
   return median(times);
 }
@@ -95,7 +100,7 @@ void awq_cases(const std::shared_ptr<Stream>& stream, const std::vector<std::pai
   for (auto [K, N] : shapes) {
     const size_t qw = K * N / 2, qz = (K / G) * N / 2, sc = (K / G) * N * 2, f16 = K * N * 2;
     const size_t awq_bytes = qw + qz + sc;
-    const int64_t copies = (size_t(128) << 20) / awq_bytes + 1, f16_copies = (size_t(128) << 20) / f16 + 1;
+    const int64_t copies = g_hot ? 1 : (size_t(128) << 20) / awq_bytes + 1, f16_copies = g_hot ? 1 : (size_t(128) << 20) / f16 + 1;
     // Random words and scales, one host copy uploaded `copies` times (packed back to back).
     std::vector<unsigned char> host(awq_bytes);
     for (size_t i = 0; i < qw + qz; ++i) host[i] = static_cast<unsigned char>(rng());
@@ -166,6 +171,8 @@ int main(int argc, char** argv) {
     if (a == "--device" && i + 1 < argc) device = argv[++i];
     else if (a == "--n" && i + 1 < argc) N = std::max(1L, std::atol(argv[++i])), shape_given = true;
     else if (a == "--k" && i + 1 < argc) K = std::max(1L, std::atol(argv[++i])), shape_given = true;
+    else if (a == "--calls" && i + 1 < argc) g_calls = std::max(1, std::atoi(argv[++i]));
+    else if (a == "--hot") g_hot = true;
     else if (a == "--reps" && i + 1 < argc) reps = std::max(1, std::atoi(argv[++i]));
     else if (a == "--only" && i + 1 < argc) only = argv[++i];
     else if (a == "--paths" && i + 1 < argc) path_names = "," + std::string(argv[++i]) + ",";
@@ -178,7 +185,7 @@ int main(int argc, char** argv) {
       }
     }
     else {
-      std::fprintf(stderr, "usage: %s [--device cpu|cuda] [--reps N] [--n N] [--k K] [--only dense|awq] [--awq-m 1,8,128] [--paths avx512,avx2,portable]\n", argv[0]);
+      std::fprintf(stderr, "usage: %s [--device cpu|cuda] [--reps N] [--n N] [--k K] [--only dense|awq] [--awq-m 1,8,128] [--paths avx512,avx2,portable] [--calls N] [--hot]\n", argv[0]);
       return 2;
     }
   }
@@ -197,7 +204,7 @@ int main(int argc, char** argv) {
   if (!cuda) bandwidth = measure_bandwidth(stream, 7);
 
   // Enough copies of the weight that each rep reads it from memory, not from the last level cache.
-  const int64_t copies = std::max<int64_t>(4, (256ll << 20) / (N * K * 2) + 1);
+  const int64_t copies = g_hot ? 1 : std::max<int64_t>(4, (256ll << 20) / (N * K * 2) + 1);
   const size_t weight_bytes = static_cast<size_t>(N * K) * 2;
   std::vector<uint16_t> host(N * K);
   std::mt19937 rng(1);

@@ -1,11 +1,16 @@
 // CPU streams: in-order execution, events across streams, failures reported at
 // the next synchronisation, cross-stream copies.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
+#include <mutex>
+#include <stdexcept>
+#include <string>
 #include <thread>
 #include <vector>
 
 #include "../../cpu/cpu_stream.h"
+#include "../../cpu/thread_pool.h"
 #include "harness.h"
 #include "pagedllm/error.h"
 #include "pagedllm/tensor_ops.h"
@@ -123,4 +128,81 @@ TEST(destroying_a_stream_drains_its_queue) {
     for (int i = 0; i < 100; ++i) stream.enqueue([&] { ++count; });
   }
   CHECK(count == 100);
+}
+
+// ---- the thread pool ------------------------------------------------------------------------
+
+TEST(thread_pool_parallel_for_covers_every_index_once) {
+  ThreadPool& pool = ThreadPool::global();
+  for (int64_t n : {1, 2, 3, 7, 64, 1000}) {
+    for (int64_t grain : {1, 3, 64}) {
+      std::vector<std::atomic<int>> seen(n);
+      pool.parallel_for(n, grain, [&](int64_t b, int64_t e) {
+        CHECK(b < e && e - b <= grain && e <= n, "chunk [", b, ", ", e, ") of ", n, " by ", grain);
+        for (int64_t i = b; i < e; ++i) seen[i].fetch_add(1);
+      });
+      for (int64_t i = 0; i < n; ++i) CHECK(seen[i].load() == 1, "n ", n, " grain ", grain, ": index ", i, " seen ", seen[i].load(), " times");
+    }
+  }
+}
+
+TEST(thread_pool_parallel_ranges_runs_every_item_once) {
+  ThreadPool& pool = ThreadPool::global();
+  for (int64_t n : {0, 1, 2, 3, 5, 17, 256, 4097}) {
+    std::vector<std::atomic<int>> seen(n);
+    // Uneven items (every seventh is slow), so that the ranges finish at different times and steal.
+    pool.parallel_ranges(n, [&](int64_t i) {
+      CHECK(i >= 0 && i < n, "item ", i, " of ", n);
+      if (i % 7 == 0) std::this_thread::sleep_for(std::chrono::microseconds(50));
+      seen[i].fetch_add(1);
+    });
+    for (int64_t i = 0; i < n; ++i) CHECK(seen[i].load() == 1, "n ", n, ": item ", i, " ran ", seen[i].load(), " times");
+  }
+}
+
+TEST(thread_pool_parallel_ranges_starts_each_thread_at_a_range_start) {
+  // Participant p owns items [p·n/P, (p+1)·n/P) and walks them front to back before it steals, so
+  // each thread's first item is the start of a range and its first items run consecutively.
+  ThreadPool& pool = ThreadPool::global();
+  const int64_t n = 200, parts = std::min<int64_t>(pool.size(), n);
+  std::mutex mutex;
+  std::vector<std::vector<int64_t>> by_thread;
+  std::vector<std::thread::id> ids;
+  pool.parallel_ranges(n, [&](int64_t i) {
+    std::lock_guard<std::mutex> lock(mutex);
+    const auto id = std::this_thread::get_id();
+    size_t t = 0;
+    while (t < ids.size() && ids[t] != id) ++t;
+    if (t == ids.size()) ids.push_back(id), by_thread.emplace_back();
+    by_thread[t].push_back(i);
+  });
+  size_t total = 0;
+  for (const auto& items : by_thread) {
+    total += items.size();
+    bool at_start = false;
+    for (int64_t p = 0; p < parts; ++p) at_start = at_start || items.front() == n * p / parts;
+    CHECK(at_start, "a thread began at item ", items.front(), ", not at the start of a range of ", parts);
+  }
+  CHECK(total == static_cast<size_t>(n));
+  if (by_thread.size() == 1 && parts == 1)
+    for (int64_t i = 0; i < n; ++i) CHECK(by_thread[0][i] == i, "one participant: item ", i, " came as ", by_thread[0][i]);
+}
+
+TEST(thread_pool_parallel_ranges_rethrows_and_nests) {
+  ThreadPool& pool = ThreadPool::global();
+  bool threw = false;
+  try {
+    pool.parallel_ranges(64, [&](int64_t i) {
+      if (i == 33) throw std::runtime_error("item 33");
+    });
+  } catch (const std::runtime_error& e) {
+    threw = std::string(e.what()).find("item 33") != std::string::npos;
+  }
+  CHECK(threw, "the item's exception reaches the caller");
+  // Nested inside a parallel_for (as ops called from a pool task would be): no deadlock, all run.
+  std::atomic<int64_t> sum{0};
+  pool.parallel_for(4, 1, [&](int64_t b, int64_t e) {
+    for (int64_t o = b; o < e; ++o) pool.parallel_ranges(100, [&](int64_t i) { sum.fetch_add(i + 1); });
+  });
+  CHECK(sum.load() == 4 * 5050, "sum ", sum.load());
 }
