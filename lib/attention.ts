@@ -231,6 +231,24 @@ export function uploadAttentionMetadata(
   }
 }
 
+/**
+ * The checks of uploadAttentionMetadata on host arrays, without the upload: the step's metadata as
+ * int32 arrays (for a caller that packs them with its other inputs into one upload).
+ */
+export function hostAttentionMetadata(
+  cache: KvCache,
+  numTokens: number,
+  options: Pick<PagedAttentionOptions, 'blockTables' | 'seqLens' | 'cuSeqLensQ' | 'slidingWindow'>,
+): { blockTables: Int32Array; seqLens: Int32Array; cuSeqLensQ: Int32Array | null; numSeqs: number; maxBlocksPerSeq: number; maxSeqLen: number; maxQueryLen: number } {
+  if (!Number.isSafeInteger(numTokens) || numTokens < 0) throw new InvalidArgumentError(`hostAttentionMetadata: numTokens must be a non-negative integer, got ${String(numTokens)}`);
+  const meta = metadata(options, cache, numTokens);
+  const { blockTables, seqLens, cuSeqLensQ } = meta;
+  if (blockTables instanceof Tensor || seqLens instanceof Tensor || cuSeqLensQ instanceof Tensor) {
+    throw new InvalidArgumentError('hostAttentionMetadata: blockTables, seqLens and cuSeqLensQ must be arrays, not Tensors');
+  }
+  return { ...meta, blockTables, seqLens, cuSeqLensQ };
+}
+
 // ---- internals ------------------------------------------------------------------------
 
 function scalarParams(dtype: DType, kvDtype: KvCacheDType): {

@@ -14,7 +14,7 @@
  */
 import * as path from 'node:path';
 
-import { pagedAttention, uploadAttentionMetadata } from './attention';
+import { hostAttentionMetadata, pagedAttention, uploadAttentionMetadata } from './attention';
 import { type DeviceSpec } from './device';
 import { dtypeCode, type DType } from './dtype';
 import { awqGroupSize, checkAwqTensors, isAwqSkipped, parseAwqConfig, type AwqConfig } from './awq';
@@ -200,6 +200,7 @@ export class Model {
   // Decode steps through CUDA graphs (enableCudaGraphs), per stream.
   private graphOptions: CudaGraphOptions | null = null;
   private readonly graphs = new Map<Stream, NativeDecoderGraphsHandle>();
+  private readonly regionsByCache = new WeakMap<KvCache, Array<NativeBufferHandle | number | null>>();
 
   private constructor(config: LlamaConfig, weights: Map<string, Tensor>, dtype: DType, file: string) {
     this.config = config;
@@ -417,18 +418,23 @@ export class Model {
     const temps: Array<{ dispose(): void }> = [];
     const g = this.graphOptions;
     try {
-      // ids, positions, slots and logit rows in one upload.
+      // Every integer input of the step in one upload: ids, positions, slots, logit rows, then the
+      // attention metadata (block tables, sequence lengths, query offsets), checked here as
+      // uploadAttentionMetadata checks them.
+      const meta = hostAttentionMetadata(cache, T, { blockTables: batch.blockTables, seqLens: batch.seqLens, cuSeqLensQ: batch.cuSeqLensQ, slidingWindow: c.slidingWindow });
+      const { numSeqs, maxBlocksPerSeq } = meta;
       const R = rows ? rows.length : T;
-      const packed = new Int32Array(3 * T + R);
+      const atTables = 3 * T + R, atSeqLens = atTables + meta.blockTables.length, atCu = atSeqLens + numSeqs;
+      const packed = new Int32Array(atCu + (meta.cuSeqLensQ ? meta.cuSeqLensQ.length : 0));
       packed.set(batch.tokenIds, 0);
       packed.set(batch.positions, T);
       packed.set(batch.slotMapping, 2 * T);
       if (rows) packed.set(rows, 3 * T);
+      packed.set(meta.blockTables, atTables);
+      packed.set(meta.seqLens, atSeqLens);
+      if (meta.cuSeqLensQ) packed.set(meta.cuSeqLensQ, atCu);
       const ints = Tensor.fromArray(packed, [packed.length], opts);
       temps.push(ints);
-      const meta = uploadAttentionMetadata(cache, T, { blockTables: batch.blockTables, seqLens: batch.seqLens, cuSeqLensQ: batch.cuSeqLensQ, slidingWindow: c.slidingWindow });
-      temps.push(meta);
-      const [numSeqs, maxBlocksPerSeq] = meta.blockTables.shape as [number, number];
       // A graph step decodes one token per sequence, in order, and samples every row.
       const graphStep = g !== null && T > 0 && T <= g.maxBatch && numSeqs === T && maxBlocksPerSeq <= g.maxBlocksPerSeq &&
         meta.maxQueryLen <= 1 && (rows === null || (rows.length === T && rows.every((r, i) => r === i)));
@@ -438,22 +444,20 @@ export class Model {
       try {
         const [h, off] = ints.nativeRegion();
         const at = (i: number): [NativeBufferHandle, number] => [h, off + 4 * i];
-        const optional = (t: Tensor | undefined | null): [NativeBufferHandle | null, number] => (t ? t.nativeRegion() : [null, 0]);
-        const cacheRegions: Array<NativeBufferHandle | number | null> = [];
-        for (const l of cache.layers) cacheRegions.push(...l.key.nativeRegion(), ...l.value.nativeRegion(), ...optional(l.keyScales), ...optional(l.valueScales));
+        const cacheRegions = this.cacheRegions(cache);
         const shape = { numBlocks: cache.numBlocks, numKvHeads: cache.numKvHeads, blockSize: cache.blockSize, headSize: cache.headSize };
         if (graphStep) {
           // One token per sequence in order: the runner takes no cu_seqlens and all rows.
           native().decoderGraphForward(
             this.graphsFor(stream, decoder), decoder, stream.handle, T, numSeqs, maxBlocksPerSeq, meta.maxSeqLen, 1, T, kvDtypeCode(cache.kvDtype), shape,
-            ...at(0), ...at(T), ...at(2 * T), ...meta.blockTables.nativeRegion(), ...meta.seqLens.nativeRegion(), null, 0,
+            ...at(0), ...at(T), ...at(2 * T), ...at(atTables), ...at(atSeqLens), null, 0,
             null, 0, null, 0, ...logits.nativeRegion(), ...cacheRegions,
           );
           return logits;
         }
         native().decoderForward(
           decoder, stream.handle, T, numSeqs, maxBlocksPerSeq, meta.maxSeqLen, meta.maxQueryLen, R, kvDtypeCode(cache.kvDtype), shape,
-          ...at(0), ...at(T), ...at(2 * T), ...meta.blockTables.nativeRegion(), ...meta.seqLens.nativeRegion(), ...optional(meta.cuSeqLensQ),
+          ...at(0), ...at(T), ...at(2 * T), ...at(atTables), ...at(atSeqLens), ...(meta.cuSeqLensQ ? at(atCu) : [null, 0]),
           ...(rows ? at(3 * T) : [null, 0]), ...workspace!.nativeRegion(), ...logits.nativeRegion(), ...cacheRegions,
         );
       } catch (error) {
@@ -464,6 +468,22 @@ export class Model {
     } finally {
       for (const t of temps) t.dispose();  // stream-ordered: freed after the step
     }
+  }
+
+  /**
+   * The native regions of a cache's layers (key, value, key scales, value scales), as decoderForward
+   * takes them: made once per cache (its buffers never move) instead of 4 calls per layer per step.
+   */
+  private cacheRegions(cache: KvCache): Array<NativeBufferHandle | number | null> {
+    let regions = this.regionsByCache.get(cache);
+    if (!regions) {
+      const optional = (t: Tensor | undefined | null): [NativeBufferHandle | null, number] => (t ? t.nativeRegion() : [null, 0]);
+      regions = [];
+      for (const l of cache.layers) regions.push(...l.key.nativeRegion(), ...l.value.nativeRegion(), ...optional(l.keyScales), ...optional(l.valueScales));
+      this.regionsByCache.set(cache, regions);
+    }
+    cache.layers[0]?.key.nativeRegion();  // ERR_DISPOSED once the cache is gone
+    return regions;
   }
 
   /** This stream's graph runner (created at its first graph step). */
