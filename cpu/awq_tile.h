@@ -571,6 +571,25 @@ inline int64_t gemv_i8_step(const int32_t* s0, int64_t N, int64_t j, int64_t oct
   return j;
 }
 
+// The group's end for octets [o, octets) in runs of W / 8 (what is left over is returned for a
+// narrower W): y (+)= s · (facc − z · Σx).
+template <int W, int M>
+inline int64_t gemv_i8_finish(const AwqGemvI8Job& job, const float* facc, const float (&sx)[M], int64_t g, int64_t o,
+                              bool y_written) {
+  using V = I8V<W>;
+  const AwqWeight& w = *job.w;
+  const int64_t N = w.out_features, octets = N / 8;
+  for (; o + W / 8 <= octets; o += W / 8) {
+    const typename V::F sv = V::scales(w.scales + g * N + 8 * o), zv = V::zeros(w.qzeros + g * octets + o);
+    for (int i = 0; i < M; ++i) {
+      float* const y = job.y + i * job.ldy + 8 * o;
+      const typename V::F t = V::fnmadd(zv, V::splat(sx[i]), V::loadf(facc + i * N + 8 * o));
+      V::storef(y, y_written ? V::fmadd(sv, t, V::loadf(y)) : V::mul(sv, t));
+    }
+  }
+  return o;
+}
+
 // Steps of 32 rows (two activation blocks, four slabs: jobs and groups are whole steps), so each
 // octet's running sum is loaded and stored once per 32 rows; a group's first step writes it (no
 // clearing pass), and so does the job's first group end write y. (Splitting N instead of K, which
@@ -578,7 +597,6 @@ inline int64_t gemv_i8_step(const int32_t* s0, int64_t N, int64_t j, int64_t oct
 // 512 bytes at a 4·N stride, where a row range is one contiguous stretch the prefetchers follow.)
 template <int M>
 inline void gemv_i8_m(const AwqGemvI8Job& job) {
-  using V = I8V<8>;
   const AwqWeight& w = *job.w;
   const int64_t N = w.out_features, G = w.group_size, octets = N / 8, B = awq::kActivationBlock, S = kAwqI8BlockRows;
   float* const facc = job.scratch;  // [M][N]: the group's Σ_b d_b · Σ c·q so far
@@ -606,14 +624,8 @@ inline void gemv_i8_m(const AwqGemvI8Job& job) {
     const int64_t j = gemv_i8_step<kI8Wide, M>(s0, N, 0, octets, next, group_start, quads, d0, d1, facc);
     if (kI8Wide > 8) gemv_i8_step<8, M>(s0, N, j, octets, next, group_start, quads, d0, d1, facc);
     if (k + S == job.k1 || (k + S) % G == 0) {  // the group (or the job's part of it) ends here
-      for (int64_t o = 0; o < octets; ++o) {
-        const V::F sv = V::scales(w.scales + g * N + 8 * o), zv = V::zeros(w.qzeros + g * octets + o);
-        for (int i = 0; i < M; ++i) {
-          float* const y = job.y + i * job.ldy + 8 * o;
-          const V::F t = V::fnmadd(zv, V::splat(sx[i]), V::loadf(facc + i * N + 8 * o));
-          V::storef(y, y_written ? V::fmadd(sv, t, V::loadf(y)) : V::mul(sv, t));
-        }
-      }
+      const int64_t o = gemv_i8_finish<kI8Wide, M>(job, facc, sx, g, 0, y_written);
+      if (kI8Wide > 8) gemv_i8_finish<8, M>(job, facc, sx, g, o, y_written);
       y_written = true;
     }
   }
