@@ -124,8 +124,11 @@ float cache_elem(const void* cache, const float* scales, KvCacheDType t, int64_t
 using TileFn = void (*)(const attention_cpu::TileJob&);
 
 TileFn choose_tile() {
-  // The avx512 path runs the AVX2 tile: attention is a small share of a step (decode profile: ~3 %).
-  return cpu_simd() != CpuSimd::Portable ? attention_cpu::attention_tile_avx2 : attention_cpu::attention_tile_portable;
+  switch (cpu_simd()) {
+    case CpuSimd::Avx512: return attention_cpu::attention_tile_avx512;
+    case CpuSimd::Avx2: return attention_cpu::attention_tile_avx2;
+    default: return attention_cpu::attention_tile_portable;
+  }
 }
 
 // One work item of the fast path.

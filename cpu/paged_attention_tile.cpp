@@ -1,5 +1,5 @@
 // The portable build of the CPU attention tile (paged_attention_tile.h), and
-// the fp8 table both builds share.
+// the fp8 table all three builds share.
 #define PAGEDLLM_TILE_IMPLEMENTATION
 #define PAGEDLLM_TILE_AVX2 0
 #define PAGEDLLM_TILE_NAMESPACE portable

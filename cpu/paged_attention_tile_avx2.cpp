@@ -8,6 +8,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 // Everything shared with other files is included before the target switch, so
 // that no inline function or template instance they share is compiled for AVX2.

@@ -73,6 +73,11 @@ const Case kCases[] = {
     {"cpu_decode_mha_b1_l16384", "cpu", 1, 16384, 1, 32, 32, 128, 16, DType::Float32, KvCacheDType::Float16, false},
     // 8 MiB of KV: mostly cache-resident, so this one measures the tile's arithmetic, not memory.
     {"cpu_decode_incache", "cpu", 8, 256, 1, 8, 8, 128, 16, DType::Float32, KvCacheDType::Float16, false},
+    // One decode step of a small GQA model (16 query heads over 4 KV heads): the tile's per-call
+    // overhead and arithmetic at a short, cache-resident context.
+    {"cpu_decode_gqa4_b1_l256", "cpu", 1, 256, 1, 16, 4, 128, 16, DType::Float32, KvCacheDType::Float16, false},
+    {"cpu_decode_gqa4_b1_l256_f32kv", "cpu", 1, 256, 1, 16, 4, 128, 16, DType::Float32, KvCacheDType::Float32, false},
+    {"cpu_decode_gqa4_b1_l1024", "cpu", 1, 1024, 1, 16, 4, 128, 16, DType::Float32, KvCacheDType::Float16, false},
     {"cpu_prefill_gqa4_b1_l512", "cpu", 1, 512, 512, 32, 8, 128, 16, DType::Float32, KvCacheDType::Float16, false},
 };
 

@@ -118,6 +118,36 @@ TEST(cpu_attention_long_sequence_splits_keys) {
   }
 }
 
+TEST(cpu_attention_decode_odd_group_sizes) {
+  // GQA groups the grid lacks: the tile runs query vectors of a KV head in groups of 4, 2 and 1
+  // (2: 2; 3: 2 + 1; 6: 4 + 2; 7: 4 + 2 + 1), over head sizes that are not a multiple of 32 and
+  // every block size; one long sequence also splits its keys.
+  constexpr int kGroups[][2] = {{4, 2}, {6, 2}, {12, 2}, {14, 2}};
+  int combo = 0;
+  for (const auto& heads : kGroups)
+    for (int head_size : {80, 128})
+      for (int block : kAttentionBlockSizes)
+        for (KvCacheDType kv : {KvCacheDType::Float32, KvCacheDType::Float16, KvCacheDType::Fp8E4M3}) {
+          AttentionSpec spec;
+          spec.num_heads = heads[0];
+          spec.num_kv_heads = heads[1];
+          spec.head_size = head_size;
+          spec.block_size = block;
+          spec.cache_dtype = kv;
+          spec.seq_lens = {1, block - 1, block + 3, 300};
+          spec.sliding_window = combo % 3 == 0 ? 37 : 0;
+          spec.seed = 9000 + combo;
+          check_both(spec, false);
+          ++combo;
+        }
+  AttentionSpec spec;
+  spec.num_heads = 6;
+  spec.num_kv_heads = 2;
+  spec.cache_dtype = KvCacheDType::Float16;
+  spec.seq_lens = {3000};
+  check_both(spec, false);
+}
+
 TEST(cpu_attention_alibi_softcap_and_window_edges) {
   AttentionSpec spec;
   spec.num_heads = 8;
