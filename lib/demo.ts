@@ -50,9 +50,19 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
     say(`pagedllm demo on ${options.device}: a random Llama-shaped model (hidden ${shape.hidden}, ${shape.layers} layers, ${shape.heads} heads / ${shape.kvHeads} KV heads, vocab ${shape.vocab}, ${shape.dtype} weights); the weights are random, so the text is noise`);
     await makeTestModel({ ...shape, out: dir });
     // 56 blocks of 16 tokens: fewer than the workload wants at its peak, so requests queue and get preempted.
+    let abortAt: { step: number; controller: AbortController } | null = null;
     const engine = await Engine.create({
       model: dir, device: options.device, maxModelLen: 256, maxNumSeqs: 16, maxNumBatchedTokens: 256, blockSize: 16,
-      budget: { numBlocks: 56 }, prefixCaching: true, preemption: 'recompute', logger: (line) => say(line), onStep: (s) => steps.push(s),
+      budget: { numBlocks: 56 }, prefixCaching: true, preemption: 'recompute', logger: (line) => say(line),
+      onStep: (s) => {
+        steps.push(s);
+        // The aborted request is cancelled 8 steps after it arrives, mid-generation (120 tokens asked),
+        // however fast the machine: a wall-clock timer let it finish first on a fast one.
+        if (abortAt !== null && steps.length >= abortAt.step) {
+          abortAt.controller.abort();
+          abortAt = null;
+        }
+      },
     });
     try {
       const rand = lcg(7);
@@ -72,7 +82,7 @@ export async function runDemo(options: DemoOptions): Promise<DemoResult> {
         const stream = engine.generate({ promptTokenIds: prompt }, {
           maxTokens, n, signal: controller.signal, ignoreEos: true, ...(n > 1 ? { temperature: 0.8, topP: 0.95, seed: i } : { temperature: 0 }),
         });
-        if (aborted) setTimeout(() => controller.abort(), 150);
+        if (aborted) abortAt = { step: steps.length + 8, controller };
         pending.push(stream.result());
       }
       const results = await Promise.allSettled(pending);
