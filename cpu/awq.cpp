@@ -112,19 +112,17 @@ void run_row_jobs(const std::vector<AwqLinearArgs>& ops, int64_t block_rows, Job
   pool.parallel_ranges(static_cast<int64_t>(ops.size()) * jobs, [&](int64_t t) {
     thread_local AlignedFloats scratch;
     thread_local std::vector<float> y;
-    {
-      const size_t i = static_cast<size_t>(t / jobs);
-      const AwqLinearArgs& a = ops[i];
-      const int64_t N = a.weight.out_features, b0 = (t % jobs) * grain, b1 = std::min(blocks, b0 + grain);
-      const float* const p = partial + offset[i];
-      job(a, b0 * block_rows, std::min(K, b1 * block_rows), partial + offset[i] + (t % jobs) * M * N, scratch);
-      // The last of op i's jobs (acq_rel: every other job's partial is visible here) sums them.
-      if (remaining[i].fetch_sub(1, std::memory_order_acq_rel) != 1) return;
-      y.assign(p, p + M * N);
-      for (int64_t j = 1; j < jobs; ++j)
-        for (int64_t e = 0; e < M * N; ++e) y[e] += p[j * M * N + e];
-      out_of(a).store_tile(y.data(), N, 0, M, 0, N);
-    }
+    const size_t i = static_cast<size_t>(t / jobs);
+    const AwqLinearArgs& a = ops[i];
+    const int64_t N = a.weight.out_features, b0 = (t % jobs) * grain, b1 = std::min(blocks, b0 + grain);
+    const float* const p = partial + offset[i];
+    job(a, b0 * block_rows, std::min(K, b1 * block_rows), partial + offset[i] + (t % jobs) * M * N, scratch);
+    // The last of op i's jobs (acq_rel: every other job's partial is visible here) sums them.
+    if (remaining[i].fetch_sub(1, std::memory_order_acq_rel) != 1) return;
+    y.assign(p, p + M * N);
+    for (int64_t j = 1; j < jobs; ++j)
+      for (int64_t e = 0; e < M * N; ++e) y[e] += p[j * M * N + e];
+    out_of(a).store_tile(y.data(), N, 0, M, 0, N);
   });
 }
 
